@@ -1,0 +1,307 @@
+"""Configuration: URLs and mappings, shared store settings, and open_persistence()."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlsplit
+
+import attrs
+
+from ._models import utcnow
+from .errors import BackendNotFoundError, ConfigError
+
+if TYPE_CHECKING:
+    from ._persistence import JobPersistence
+    from ._plugins import Hooks
+
+URL_ENV_VAR = "CIDX_JOBS_URL"
+DEFAULT_MAX_METADATA_BYTES = 1024 * 1024
+DEFAULT_RETENTION = timedelta(days=7)
+
+
+@attrs.frozen(kw_only=True)
+class StoreSettings:
+    """Settings every backend shares, read from the common configuration options.
+
+    * ``max_metadata_bytes`` (option of the same name): the largest job
+      metadata or checkpoint data accepted, as UTF-8 JSON; default 1 MiB.
+    * ``retention`` (option ``retention_days``): how long finished jobs are
+      kept by :meth:`~cidx_jobs.JobPersistence.run_cleanup`; default 7 days.
+    * ``clock``: returns the current aware UTC time; tests replace it.
+    """
+
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
+    retention: timedelta = DEFAULT_RETENTION
+    clock: Callable[[], datetime] = utcnow
+
+
+class Options:
+    """Typed access to a backend's options; each problem is a ConfigError naming the option.
+
+    A backend reads what it understands, then calls :meth:`finish`, which
+    rejects any option left unread (a typo must not be silently ignored).
+    """
+
+    def __init__(self, backend: str, values: Mapping[str, object]) -> None:
+        self.backend = backend
+        self._values = dict(values)
+        self._known: set[str] = set()
+
+    def _take(self, name: str) -> object | None:
+        self._known.add(name)
+        return self._values.pop(name, None)
+
+    def get_str(self, name: str, default: str | None = None) -> str | None:
+        """The option as a string, or ``default``.
+
+        :raises ConfigError: the value is not a string.
+        """
+        value = self._take(name)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise ConfigError(f"option {name!r} must be a string, got {value!r}", option=name)
+        return value
+
+    def get_int(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+        """The option as an int within ``minimum..maximum`` (strings from URLs are parsed).
+
+        :raises ConfigError: the value is not an integer or is out of range.
+        """
+        value = self._take(name)
+        if value is None:
+            return default
+        try:
+            if isinstance(value, (bool, float)):
+                raise ValueError
+            number = value if isinstance(value, int) else int(str(value))
+        except ValueError:
+            raise ConfigError(
+                f"option {name!r} must be an integer, got {value!r}", option=name
+            ) from None
+        if not minimum <= number <= maximum:
+            raise ConfigError(
+                f"option {name!r} must be between {minimum} and {maximum}, got {number}",
+                option=name,
+            )
+        return number
+
+    def get_float(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        """The option as a float within ``minimum..maximum``.
+
+        :raises ConfigError: the value is not a number or is out of range.
+        """
+        value = self._take(name)
+        if value is None:
+            return default
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value) if isinstance(value, (int, float, str)) else float("nan")
+        except ValueError:
+            number = float("nan")
+        if not minimum <= number <= maximum:  # also false for NaN
+            raise ConfigError(
+                f"option {name!r} must be a number between {minimum} and {maximum}, got {value!r}",
+                option=name,
+            )
+        return number
+
+    def get_bool(self, name: str, default: bool) -> bool:
+        """The option as a bool (``true/false``, ``yes/no``, ``on/off``, ``1/0`` in URLs).
+
+        :raises ConfigError: the value is not a boolean.
+        """
+        value = self._take(name)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"option {name!r} must be true or false, got {value!r}", option=name)
+
+    def get_choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        """The option as one of ``choices`` (case-insensitive).
+
+        :raises ConfigError: the value is not one of them.
+        """
+        value = self._take(name)
+        if value is None:
+            return default
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ConfigError(
+                f"option {name!r} must be one of {', '.join(choices)}; got {value!r}", option=name
+            )
+        return text
+
+    def remaining(self) -> dict[str, object]:
+        """The options not read so far."""
+        return dict(self._values)
+
+    def finish(self) -> None:
+        """Reject every option that was not read.
+
+        :raises ConfigError: an option is unknown to the backend.
+        """
+        if self._values:
+            name = sorted(self._values)[0]
+            known = ", ".join(sorted(self._known)) or "none"
+            raise ConfigError(
+                f"unknown option {name!r} for the {self.backend!r} backend (known options: {known})",
+                option=name,
+            )
+
+
+@attrs.frozen(kw_only=True)
+class BackendConfig:
+    """What a backend factory receives.
+
+    :ivar backend: the backend name (the URL scheme).
+    :ivar url: the URL the store was opened with, or ``None`` for a mapping.
+    :ivar path: the URL's path (``sqlite:///jobs.db`` gives ``jobs.db``) or the
+        mapping's ``path`` entry; ``None`` when there is none.
+    :ivar options: the backend's own options, unparsed; read them with :meth:`reader`.
+    :ivar settings: the common settings, already parsed.
+    :ivar hooks: the hooks the store must call.
+    """
+
+    backend: str
+    url: str | None
+    path: str | None
+    options: Mapping[str, object]
+    settings: StoreSettings
+    hooks: Hooks
+
+    def reader(self) -> Options:
+        """A fresh :class:`Options` over this backend's options."""
+        return Options(self.backend, self.options)
+
+
+def parse_config(
+    config: str | Mapping[str, object] | None,
+) -> tuple[str, str | None, dict[str, object]]:
+    """Split a configuration into (backend, url, options); ``path`` is an option.
+
+    :raises ConfigError: no configuration, a malformed URL, or no backend key.
+    """
+    if config is None:
+        config = os.environ.get(URL_ENV_VAR)
+        if not config:
+            raise ConfigError(
+                f"no job store configured: pass a URL such as 'sqlite:///jobs.db' or "
+                f"'memory://', or set the {URL_ENV_VAR} environment variable",
+                option="url",
+            )
+    if isinstance(config, str):
+        if "://" not in config:
+            raise ConfigError(
+                f"{config!r} is not a job store URL; expected BACKEND://..., "
+                "e.g. 'sqlite:///var/lib/cidx/jobs.db' or 'memory://'",
+                option="url",
+            )
+        parts = urlsplit(config)
+        backend = parts.scheme.lower()
+        options: dict[str, object] = {}
+        try:
+            for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True):
+                if key in options:
+                    raise ConfigError(f"option {key!r} is given twice in the URL", option=key)
+                options[key] = value
+        except ValueError as error:
+            raise ConfigError(
+                f"the URL's query string is malformed: {error}", option="url"
+            ) from None
+        # sqlite:///rel.db -> "rel.db", sqlite:////abs.db -> "/abs.db"
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if parts.netloc:
+            options["netloc"] = parts.netloc
+        if path:
+            options["path"] = path
+        return backend, config, options
+    if isinstance(config, Mapping):
+        options = dict(config)
+        backend_name = options.pop("backend", None)
+        if not isinstance(backend_name, str) or not backend_name:
+            raise ConfigError(
+                "the configuration mapping needs a 'backend' key naming the backend, "
+                "e.g. {'backend': 'sqlite', 'path': 'jobs.db'}",
+                option="backend",
+            )
+        for key in options:
+            if not isinstance(key, str):
+                raise ConfigError(f"option names must be strings, got {key!r}", option=repr(key))
+        return backend_name.lower(), None, options
+    raise ConfigError(
+        f"configuration must be a URL string or a mapping, got {type(config).__name__}",
+        option="url",
+    )
+
+
+def read_settings(options: Options, base: StoreSettings | None = None) -> StoreSettings:
+    """Read the common options out of ``options``.
+
+    :raises ConfigError: a common option is invalid.
+    """
+    base = base or StoreSettings()
+    max_bytes = options.get_int(
+        "max_metadata_bytes", base.max_metadata_bytes, minimum=2, maximum=256 * 1024 * 1024
+    )
+    days = options.get_float(
+        "retention_days", base.retention / timedelta(days=1), minimum=0, maximum=36500
+    )
+    return StoreSettings(
+        max_metadata_bytes=max_bytes, retention=timedelta(days=days), clock=base.clock
+    )
+
+
+def open_persistence(
+    config: str | Mapping[str, object] | None = None,
+    *,
+    hooks: Hooks | None = None,
+    settings: StoreSettings | None = None,
+) -> JobPersistence:
+    """Open the job store that ``config`` names.
+
+    :param config: a URL (``memory://``, ``sqlite:///path/to/jobs.db?pool_size=8``)
+        or a mapping with a ``backend`` key and options
+        (``{"backend": "sqlite", "path": "jobs.db"}``). With ``None``, the
+        ``CIDX_JOBS_URL`` environment variable.
+    :param hooks: the hooks to use; by default a fresh plugin manager with the
+        installed plugins.
+    :param settings: defaults for the common settings (e.g. a test clock);
+        options in ``config`` override them.
+    :raises ConfigError: no configuration, or an option is unknown or invalid
+        (the error's ``option`` names it).
+    :raises BackendNotFoundError: no installed plugin provides the backend; the
+        message lists the installed ones.
+    :raises StorageError: the backend could not open its storage.
+    """
+    from ._plugins import Hooks
+
+    backend, url, raw = parse_config(config)
+    hooks = hooks if hooks is not None else Hooks()
+    factories = hooks.backends()
+    factory = factories.get(backend)
+    if factory is None:
+        raise BackendNotFoundError(backend, list(factories))
+    common = Options(backend, raw)
+    store_settings = read_settings(common, settings)
+    path = common.get_str("path")
+    return factory(
+        BackendConfig(
+            backend=backend,
+            url=url,
+            path=path,
+            options=common.remaining(),
+            settings=store_settings,
+            hooks=hooks,
+        )
+    )

@@ -1,0 +1,468 @@
+"""JobPersistence: the interface every backend implements."""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import attrs
+
+from . import _validate as v
+from ._config import StoreSettings
+from ._models import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    TERMINAL_STATUSES,
+    Checkpoint,
+    CleanupReport,
+    JobFilter,
+    JobPage,
+    JobStatus,
+    SyncJob,
+)
+from ._plugins import Hooks
+from .errors import ValidationError
+
+logger = logging.getLogger("cidx_jobs")
+
+_CHECKPOINT_MEMORY = 10_000
+
+
+@attrs.frozen(kw_only=True)
+class StatusChange:
+    """A requested status change, validated; backends apply it with :meth:`apply` or its SQL twin.
+
+    The rules, which every backend must follow exactly:
+
+    * With ``expected``, the change applies only if the current status is in it.
+    * Without it, the change applies unless it would move a terminal job back to
+      an active status.
+    * ``started_at`` is set on the first move to running (kept afterwards).
+    * ``completed_at`` is set to ``now`` on entering a terminal status from a
+      non-terminal one (kept when moving between terminal statuses) and
+      cleared on moving to an active status.
+    * ``error_message`` replaces the stored one when given, else is kept.
+    """
+
+    status: JobStatus
+    error_message: str | None
+    expected: frozenset[JobStatus] | None
+    now: datetime
+
+    def allowed_from(self, current: JobStatus) -> bool:
+        """Whether the change applies to a job whose status is ``current``."""
+        if self.expected is not None:
+            return current in self.expected
+        return not (current in TERMINAL_STATUSES and self.status in ACTIVE_STATUSES)
+
+    def apply(self, job: SyncJob) -> SyncJob | None:
+        """The job after the change, or ``None`` if the change does not apply to it."""
+        if not self.allowed_from(job.status):
+            return None
+        started_at = job.started_at
+        if self.status is JobStatus.RUNNING and started_at is None:
+            started_at = self.now
+        completed_at = job.completed_at
+        if self.status in TERMINAL_STATUSES:
+            if job.status not in TERMINAL_STATUSES or completed_at is None:
+                completed_at = self.now
+        elif self.status in ACTIVE_STATUSES:
+            completed_at = None
+        return attrs.evolve(
+            job,
+            status=self.status,
+            started_at=started_at,
+            completed_at=completed_at,
+            error_message=self.error_message
+            if self.error_message is not None
+            else job.error_message,
+        )
+
+
+def _expected(
+    value: JobStatus | str | Iterable[JobStatus | str] | None,
+) -> frozenset[JobStatus] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, JobStatus)):
+        return frozenset({JobStatus.parse(value, "expected")})
+    if not isinstance(value, Iterable):
+        raise ValidationError(
+            f"expected must be a status, a set of statuses or None, got {type(value).__name__}",
+            field="expected",
+        )
+    statuses = frozenset(JobStatus.parse(item, "expected") for item in value)
+    if not statuses:
+        raise ValidationError("expected must name at least one status", field="expected")
+    return statuses
+
+
+class JobPersistence(abc.ABC):
+    """The job store: what the server calls, whatever the backend.
+
+    The public methods validate their inputs (raising
+    :class:`~cidx_jobs.errors.ValidationError` before any I/O), call the
+    backend's storage primitives (the abstract ``_`` methods), and fire the
+    event hooks after the change is stored. Backends implement only the
+    primitives; see "Writing a backend" in the docs.
+
+    Every method may raise :class:`~cidx_jobs.errors.StorageError` (or a
+    subclass) when the storage fails; such a call wrote nothing. A store is
+    safe to share between threads.
+    """
+
+    def __init__(
+        self, *, hooks: Hooks | None = None, settings: StoreSettings | None = None
+    ) -> None:
+        self.hooks = hooks if hooks is not None else Hooks()
+        self.settings = settings if settings is not None else StoreSettings()
+        self._local = threading.local()
+        self._checkpoint_times: dict[tuple[str, str], datetime] = {}
+        self._checkpoint_lock = threading.Lock()
+
+    # -- the public API --------------------------------------------------------------
+
+    def save_job(self, job: SyncJob) -> bool:
+        """Store a new job; returns ``True``.
+
+        :raises ValidationError: ``job`` is not a SyncJob or its metadata is
+            over the ``max_metadata_bytes`` limit.
+        :raises DuplicateJobError: a job with this id exists; it is left unchanged.
+        """
+        if not isinstance(job, SyncJob):
+            raise ValidationError(
+                f"save_job() takes a SyncJob, got {type(job).__name__}", field="job"
+            )
+        metadata_json = v.encode_json(job.metadata)
+        v.check_size(metadata_json, self.settings.max_metadata_bytes, "metadata")
+        self._insert_job(job, metadata_json)
+        self._emit(self.hooks.job_saved, job)
+        return True
+
+    def load_job(self, job_id: str) -> SyncJob | None:
+        """The job with this id, or ``None``.
+
+        :raises ValidationError: ``job_id`` is not a valid id.
+        """
+        return self._get_job(v.check_id(job_id, "job_id"))
+
+    def update_job_status(
+        self,
+        job_id: str,
+        status: JobStatus | str,
+        *,
+        error_message: str | None = None,
+        expected: JobStatus | str | Iterable[JobStatus | str] | None = None,
+    ) -> bool:
+        """Change a job's status; ``True`` if it was changed.
+
+        Without ``expected``, last write wins, except that a terminal job
+        (completed, failed, cancelled) never goes back to an active status: such
+        a call returns ``False`` and changes nothing. With ``expected`` (a status
+        or a set of them) it is a compare-and-set that applies only when the
+        current status is one of them; name the current status to retry a
+        finished job deliberately. ``started_at`` is set on the first move to
+        running; ``completed_at`` on entering a terminal status. See
+        :class:`StatusChange` for the exact rules.
+
+        :returns: ``False`` for an unknown id or a change that does not apply.
+        :raises ValidationError: an argument is invalid (e.g. an unknown status).
+        """
+        change = StatusChange(
+            status=JobStatus.parse(status),
+            error_message=v.check_optional_text(error_message, "error_message"),
+            expected=_expected(expected),
+            now=self._now(),
+        )
+        changed = self._set_status(v.check_id(job_id, "job_id"), change)
+        if changed:
+            self._emit(
+                self.hooks.status_changed, job_id, change.status, change.error_message, change.now
+            )
+        return changed
+
+    def update_job_progress(self, job_id: str, progress: int, phase: str | None = None) -> bool:
+        """Set a job's progress (0..100) and, unless ``phase`` is ``None``, its phase.
+
+        :returns: ``False`` for an unknown id.
+        :raises ValidationError: ``progress`` is not an int in 0..100, or an id or phase is invalid.
+        """
+        job_id = v.check_id(job_id, "job_id")
+        progress = v.check_int(progress, "progress", minimum=0, maximum=100)
+        phase = v.check_optional_text(phase, "phase")
+        return self._set_progress(job_id, progress, phase)
+
+    def query_jobs(self, filter: JobFilter | None = None) -> list[SyncJob]:
+        """The jobs matching ``filter``, newest first; an empty list when none match.
+
+        :raises ValidationError: ``filter`` is not a JobFilter (or its cursor is invalid).
+        """
+        return self.query_page(filter).jobs
+
+    def query_page(self, filter: JobFilter | None = None) -> JobPage:
+        """One page of matching jobs and the cursor of the next page.
+
+        Pass the page to :meth:`JobFilter.next_page` to get the next page's
+        filter; ``next_cursor`` is ``None`` on the last page. Keyset pages
+        cost the same however deep they are, unlike ``offset``.
+
+        :raises ValidationError: ``filter`` is not a JobFilter (or its cursor is invalid).
+        """
+        filter = self._check_filter(filter)
+        if filter.matches_nothing():
+            return JobPage(jobs=[], next_cursor=None)
+        # One row more than asked tells whether another page exists.
+        rows = self._select_jobs(filter, filter.after_key(), filter.limit + 1)
+        if len(rows) > filter.limit:
+            del rows[filter.limit :]
+            return JobPage(jobs=rows, next_cursor=filter.cursor_after(rows[-1]))
+        return JobPage(jobs=rows, next_cursor=None)
+
+    def count_jobs(self, filter: JobFilter | None = None) -> int:
+        """How many jobs match ``filter`` (``limit``, ``offset`` and ``cursor`` are ignored).
+
+        :raises ValidationError: ``filter`` is not a JobFilter.
+        """
+        filter = self._check_filter(filter)
+        if filter.matches_nothing():
+            return 0
+        return self._count_jobs(filter)
+
+    def delete_expired_jobs(self, older_than: datetime) -> int:
+        """Delete the non-active jobs that finished before ``older_than``, with their checkpoints.
+
+        A job finished at ``completed_at``, or at ``created_at`` when it never
+        completed. Active jobs (pending, queued, running) are never deleted.
+        The count is logged on the ``cidx_jobs`` logger.
+
+        :returns: how many jobs were deleted.
+        :raises ValidationError: ``older_than`` is not an aware datetime.
+        """
+        cutoff = v.to_utc(older_than, "older_than")
+        cutoffs = dict.fromkeys(FINISHED_STATUSES, cutoff)
+        jobs, checkpoints = self._delete_finished(cutoffs, batch_size=1000, dry_run=False)
+        # The default observer logs the count on the cidx_jobs logger.
+        self._emit(
+            self.hooks.cleanup_done,
+            CleanupReport(jobs_deleted=jobs, checkpoints_deleted=checkpoints, cutoffs=cutoffs),
+        )
+        return jobs
+
+    def run_cleanup(
+        self,
+        now: datetime | None = None,
+        *,
+        retention: timedelta | None = None,
+        dry_run: bool = False,
+    ) -> CleanupReport:
+        """Apply the cleanup policy (a hook; by default every finished job expires after the
+        configured retention) and report what was deleted.
+
+        Deletes in batches of the policy's ``batch_size`` so other writers never
+        wait long. With ``dry_run``, counts what would go and deletes nothing.
+        Fires the ``cidx_jobs_cleanup_done`` event.
+
+        :param now: the time to measure retention from; default the store's clock.
+        :param retention: a :class:`~datetime.timedelta` overriding the configured retention.
+        :raises ValidationError: ``now`` is naive or ``retention`` is not a non-negative timedelta.
+        :raises PluginError: the cleanup policy hook returned no policy.
+        """
+        now = self._now() if now is None else v.to_utc(now, "now")
+        if retention is None:
+            retention = self.settings.retention
+        elif not isinstance(retention, timedelta) or retention < timedelta(0):
+            raise ValidationError("retention must be a non-negative timedelta", field="retention")
+        if not isinstance(dry_run, bool):
+            raise ValidationError("dry_run must be a bool", field="dry_run")
+        policy = self.hooks.cleanup_policy(retention)
+        cutoffs = policy.cutoffs(now)
+        jobs, checkpoints = (0, 0)
+        if cutoffs:
+            jobs, checkpoints = self._delete_finished(
+                cutoffs, batch_size=policy.batch_size, dry_run=dry_run
+            )
+        report = CleanupReport(
+            jobs_deleted=jobs, checkpoints_deleted=checkpoints, cutoffs=cutoffs, dry_run=dry_run
+        )
+        self._emit(self.hooks.cleanup_done, report)
+        return report
+
+    def save_checkpoint(self, job_id: str, phase: str, data: Mapping[str, Any]) -> bool:
+        """Store the checkpoint of one phase of a job, replacing that phase's previous one.
+
+        The checkpoint policy hook may skip the write (throttling); a skipped
+        write keeps the previous checkpoint and still returns ``True``.
+
+        :returns: ``False`` if the job does not exist.
+        :raises ValidationError: an argument is invalid, or ``data`` is not a
+            JSON-compatible dict within ``max_metadata_bytes``.
+        """
+        job_id = v.check_id(job_id, "job_id")
+        phase = v.check_id(phase, "phase")
+        data = v.check_json_object(data, "data")
+        data_json = v.encode_json(data)
+        v.check_size(data_json, self.settings.max_metadata_bytes, "data")
+        now = self._now()
+        key = (job_id, phase)
+        last = self._checkpoint_times.get(key)
+        if not self.hooks.checkpoint_should_write(job_id, phase, data, last, now):
+            return True
+        checkpoint = Checkpoint(job_id=job_id, phase=phase, data=data, created_at=now)
+        if not self._upsert_checkpoint(checkpoint, data_json):
+            return False
+        with self._checkpoint_lock:
+            # Bounded: the memory only serves throttling, so forgetting is harmless.
+            if len(self._checkpoint_times) >= _CHECKPOINT_MEMORY:
+                self._checkpoint_times.clear()
+            self._checkpoint_times[key] = now
+        self._emit(self.hooks.checkpoint_saved, checkpoint)
+        return True
+
+    def load_checkpoint(self, job_id: str, phase: str) -> dict[str, Any] | None:
+        """The data of the checkpoint of this job and phase, or ``None``.
+
+        :raises ValidationError: an id or the phase is invalid.
+        """
+        checkpoint = self._get_checkpoint(v.check_id(job_id, "job_id"), v.check_id(phase, "phase"))
+        return None if checkpoint is None else checkpoint.data
+
+    def list_checkpoints(self, job_id: str) -> list[Checkpoint]:
+        """Every checkpoint of a job, oldest first (one per phase); empty for an unknown job.
+
+        :raises ValidationError: ``job_id`` is invalid.
+        """
+        return self._get_checkpoints(v.check_id(job_id, "job_id"))
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A block whose calls (from this thread) commit together or, on an exception, not at all.
+
+        Events fired by calls inside the block are delivered after the commit,
+        and dropped on a rollback. Blocks nest by joining the outermost one.
+        Other threads' calls are not part of the block; depending on the
+        backend they may wait until it ends.
+
+        :raises StorageError: the commit failed; nothing of the block was stored.
+        """
+        local = self._local
+        if getattr(local, "pending", None) is not None:
+            yield
+            return
+        local.pending = []
+        try:
+            with self._begin():
+                yield
+        except BaseException:
+            local.pending = None
+            raise
+        pending, local.pending = local.pending, None
+        for notify, args in pending:
+            notify(*args)
+
+    def close(self) -> None:
+        """Release the store's resources; later calls raise StorageUnavailableError. Idempotent."""
+        self._close()
+
+    def __enter__(self) -> JobPersistence:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return self.settings.clock()
+
+    def _check_filter(self, filter: JobFilter | None) -> JobFilter:
+        if filter is None:
+            return JobFilter()
+        if not isinstance(filter, JobFilter):
+            raise ValidationError(
+                f"expected a JobFilter, got {type(filter).__name__}", field="filter"
+            )
+        return filter
+
+    def _emit(self, notify: Callable[..., None], *args: Any) -> None:
+        pending = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending.append((notify, args))
+        else:
+            notify(*args)
+
+    # -- the storage primitives a backend implements -------------------------------------
+    # Inputs are validated already; each call is atomic on its own, and joins the
+    # current transaction when made inside _begin() on the same thread.
+
+    @abc.abstractmethod
+    def _insert_job(self, job: SyncJob, metadata_json: str) -> None:
+        """Insert a new job (``metadata_json`` is its metadata, encoded).
+
+        :raises DuplicateJobError: the id exists; nothing changed.
+        """
+
+    @abc.abstractmethod
+    def _get_job(self, job_id: str) -> SyncJob | None:
+        """The stored job, or ``None``."""
+
+    @abc.abstractmethod
+    def _set_status(self, job_id: str, change: StatusChange) -> bool:
+        """Apply ``change`` atomically following :class:`StatusChange`'s rules; ``False`` if
+        the job is unknown or the change does not apply."""
+
+    @abc.abstractmethod
+    def _set_progress(self, job_id: str, progress: int, phase: str | None) -> bool:
+        """Set progress and, unless ``phase`` is ``None``, the phase; ``False`` if unknown."""
+
+    @abc.abstractmethod
+    def _select_jobs(
+        self, filter: JobFilter, after: tuple[datetime, str] | None, limit: int
+    ) -> list[SyncJob]:
+        """At most ``limit`` jobs matching ``filter``, ordered ``created_at DESC, id DESC``,
+        skipping ``filter.offset`` jobs, and (keyset) only those after ``after``."""
+
+    @abc.abstractmethod
+    def _count_jobs(self, filter: JobFilter) -> int:
+        """How many jobs match ``filter``'s criteria."""
+
+    @abc.abstractmethod
+    def _delete_finished(
+        self, cutoffs: Mapping[JobStatus, datetime], *, batch_size: int, dry_run: bool
+    ) -> tuple[int, int]:
+        """Delete (or with ``dry_run`` count) each job whose status is a key of ``cutoffs``
+        and whose ``coalesce(completed_at, created_at)`` is before that status's cutoff,
+        with its checkpoints, at most ``batch_size`` jobs per transaction.
+
+        :returns: (jobs, checkpoints) deleted.
+        """
+
+    @abc.abstractmethod
+    def _upsert_checkpoint(self, checkpoint: Checkpoint, data_json: str) -> bool:
+        """Insert or replace the checkpoint of ``(job_id, phase)``; ``False`` if the job is unknown."""
+
+    @abc.abstractmethod
+    def _get_checkpoint(self, job_id: str, phase: str) -> Checkpoint | None:
+        """The checkpoint of this job and phase, or ``None``."""
+
+    @abc.abstractmethod
+    def _get_checkpoints(self, job_id: str) -> list[Checkpoint]:
+        """The job's checkpoints ordered by ``created_at``, then phase."""
+
+    @abc.abstractmethod
+    def _begin(self) -> AbstractContextManager[None]:
+        """A transaction for the calling thread: commit on a clean exit, roll back on an exception."""
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Release resources; idempotent."""

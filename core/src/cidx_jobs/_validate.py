@@ -1,0 +1,158 @@
+"""Input checks shared by the models and the store; every failure is a ValidationError."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import ValidationError
+
+MAX_ID_LENGTH = 256
+MAX_JSON_DEPTH = 64
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def check_id(value: object, field: str) -> str:
+    """Return ``value`` if it is a usable identifier, else raise ValidationError."""
+    if type(value) is not str:
+        raise ValidationError(f"{field} must be a str, got {type(value).__name__}", field=field)
+    if not value:
+        raise ValidationError(f"{field} must not be empty", field=field)
+    if len(value) > MAX_ID_LENGTH:
+        raise ValidationError(
+            f"{field} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}", field=field
+        )
+    check_text(value, field)
+    return value
+
+
+def check_text(value: str, field: str) -> str:
+    """Reject strings that cannot be stored as UTF-8 (lone surrogates) or hold NUL."""
+    if "\x00" in value:
+        raise ValidationError(f"{field} must not contain NUL characters", field=field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(
+            f"{field} contains a lone surrogate and cannot be stored as UTF-8", field=field
+        ) from None
+    return value
+
+
+def check_optional_text(value: object, field: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(
+            f"{field} must be a str or None, got {type(value).__name__}", field=field
+        )
+    return check_text(value, field)
+
+
+def to_utc(value: object, field: str) -> datetime:
+    """Return an aware datetime converted to UTC; naive or non-datetime values are rejected."""
+    if not isinstance(value, datetime):
+        raise ValidationError(
+            f"{field} must be a datetime, got {type(value).__name__}", field=field
+        )
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(
+            f"{field} must be timezone-aware (e.g. datetime.now(timezone.utc)); got naive {value!r}",
+            field=field,
+        )
+    if value.tzinfo is timezone.utc:
+        return value
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValidationError(f"{field} is out of the representable range", field=field) from None
+
+
+def to_optional_utc(value: object, field: str) -> datetime | None:
+    return None if value is None else to_utc(value, field)
+
+
+def check_json_object(value: object, field: str) -> dict[str, Any]:
+    """Check that ``value`` is a dict that round-trips through JSON unchanged.
+
+    Allowed: dict with str keys, list, str, int, finite float, bool, None,
+    nested at most ``MAX_JSON_DEPTH`` levels. Tuples, sets, non-str keys,
+    NaN and infinities are rejected because JSON would not give them back.
+    """
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"{field} must be a dict, got {type(value).__name__}", field=field)
+    _check_json_value(value, field, 0)
+    return value if type(value) is dict else dict(value)
+
+
+def _check_json_value(value: object, path: str, depth: int) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise ValidationError(
+            f"{path} is nested deeper than {MAX_JSON_DEPTH} levels", field=path.split("[")[0]
+        )
+    if isinstance(value, str):
+        check_text_json(value, path)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(
+                f"{path} is {value!r}, which JSON cannot represent", field=path.split("[")[0]
+            )
+    elif isinstance(value, _JSON_SCALARS):
+        return
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(
+                    f"{path} has a key of type {type(key).__name__}; JSON object keys must be str",
+                    field=path.split("[")[0],
+                )
+            check_text_json(key, path)
+            _check_json_value(item, f"{path}[{key!r}]", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_value(item, f"{path}[{index}]", depth + 1)
+    else:
+        raise ValidationError(
+            f"{path} holds a {type(value).__name__}, which is not JSON-compatible "
+            "(use dict, list, str, int, float, bool or None)",
+            field=path.split("[")[0],
+        )
+
+
+def check_text_json(value: str, path: str) -> None:
+    # NUL is fine inside JSON (it is escaped), lone surrogates are not valid UTF-8.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(
+            f"{path} contains a lone surrogate and cannot be stored as UTF-8",
+            field=path.split("[")[0],
+        ) from None
+
+
+def encode_json(value: Mapping[str, Any]) -> str:
+    """Encode an already-checked JSON object compactly."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def check_size(encoded: str, limit: int, field: str) -> None:
+    size = len(encoded.encode("utf-8"))
+    if size > limit:
+        raise ValidationError(
+            f"{field} is {size} bytes as JSON; the limit is {limit} bytes "
+            "(raise it with the max_metadata_bytes option)",
+            field=field,
+        )
+
+
+def check_int(value: object, field: str, *, minimum: int, maximum: int) -> int:
+    if type(value) is not int:
+        raise ValidationError(f"{field} must be an int, got {type(value).__name__}", field=field)
+    if not minimum <= value <= maximum:
+        raise ValidationError(
+            f"{field} must be between {minimum} and {maximum}, got {value}", field=field
+        )
+    return value

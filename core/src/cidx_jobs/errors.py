@@ -1,0 +1,124 @@
+"""The exceptions of cidx-jobs.
+
+Every error the library raises on purpose derives from :class:`CidxJobsError`,
+and, where one fits, from the matching builtin, so that ``except LookupError``
+and ``except ValueError`` keep working in code that does not know this library.
+Backends translate their drivers' exceptions into these types: no ``sqlite3``
+(or other driver) exception escapes a backend.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendNotFoundError",
+    "CidxJobsError",
+    "ConfigError",
+    "DuplicateJobError",
+    "JobNotFoundError",
+    "PluginError",
+    "SchemaVersionError",
+    "StorageCorruptError",
+    "StorageError",
+    "StorageFullError",
+    "StoragePermissionError",
+    "StorageUnavailableError",
+    "ValidationError",
+]
+
+
+class CidxJobsError(Exception):
+    """Base class of every error raised by cidx-jobs and its backends."""
+
+
+class ValidationError(CidxJobsError, ValueError):
+    """An input was rejected before any I/O; nothing was written.
+
+    ``field`` names the offending field or argument when there is one.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class DuplicateJobError(CidxJobsError):
+    """A job with this id already exists; the stored job was left unchanged."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"a job with id {job_id!r} already exists; ids must be unique "
+            "(load it with load_job() or choose a new id)"
+        )
+        self.job_id = job_id
+
+
+class JobNotFoundError(CidxJobsError, LookupError):
+    """The job named by an operation that requires it does not exist."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class ConfigError(CidxJobsError, ValueError):
+    """A configuration value is missing, unknown or invalid.
+
+    ``option`` names the offending option when there is one.
+    """
+
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+class BackendNotFoundError(ConfigError, LookupError):
+    """No installed plugin provides the requested backend.
+
+    ``available`` lists the names of the backends that are installed.
+    """
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        installed = ", ".join(sorted(available)) or "none"
+        super().__init__(
+            f"no cidx-jobs backend named {name!r} is installed (installed: {installed}); "
+            "install the distribution that provides it, e.g. `pip install cidx-jobs-sqlite`",
+            option="backend",
+        )
+        self.name = name
+        self.available = sorted(available)
+
+
+class PluginError(CidxJobsError):
+    """A plugin misbehaved while being registered (e.g. two plugins claim one backend name)."""
+
+
+class StorageError(CidxJobsError):
+    """The storage behind a backend failed; the failed call wrote nothing.
+
+    Backends raise one of the subclasses where the cause is known, and this
+    class itself for any other driver failure (with the driver's exception
+    chained as ``__cause__``).
+    """
+
+
+class StoragePermissionError(StorageError, PermissionError):
+    """The process lacks a permission on the database file or its folder."""
+
+
+class StorageFullError(StorageError):
+    """The disk (or the database's size limit) is full; the transaction was rolled back."""
+
+
+class StorageCorruptError(StorageError):
+    """The database file is damaged and automatic recovery is off or failed."""
+
+
+class StorageUnavailableError(StorageError):
+    """The storage went away (file removed, I/O error, connection lost).
+
+    The call wrote nothing; later calls try to reconnect.
+    """
+
+
+class SchemaVersionError(StorageError):
+    """The database was written by a newer release whose schema this one cannot read."""
