@@ -211,14 +211,15 @@ def parse_config(
         backend = parts.scheme.lower()
         options: dict[str, object] = {}
         try:
-            for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True):
-                if key in options:
-                    raise ConfigError(f"option {key!r} is given twice in the URL", option=key)
-                options[key] = value
+            pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
         except ValueError as error:
             raise ConfigError(
                 f"the URL's query string is malformed: {error}", option="url"
             ) from None
+        for key, value in pairs:
+            if key in options:
+                raise ConfigError(f"option {key!r} is given twice in the URL", option=key)
+            options[key] = value
         # sqlite:///rel.db -> "rel.db", sqlite:////abs.db -> "/abs.db"
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if parts.netloc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import sys
@@ -39,8 +40,8 @@ def get_plugin_manager(
     loaded; blocking ``cidx_jobs.defaults`` removes the default policies, so
     another plugin must provide them.
 
-    :raises PluginError: a plugin implements a hook that does not exist
-        (usually a misspelled ``cidx_jobs_*`` name).
+    :raises PluginError: a plugin fails to import, or implements a hook that
+        does not exist (usually a misspelled ``cidx_jobs_*`` name).
     """
     if blocked is None:
         blocked = tuple(
@@ -52,12 +53,29 @@ def get_plugin_manager(
         pm.set_blocked(name)
     pm.register(_defaults, name=_defaults.DEFAULTS_PLUGIN_NAME)
     if load_entrypoints:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        _load_entrypoints(pm)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as error:
         raise PluginError(f"a cidx_jobs plugin is invalid: {error}") from error
     return pm
+
+
+def _load_entrypoints(pm: pluggy.PluginManager) -> None:
+    # pluggy's own loader lets an import error escape without saying which
+    # plugin broke; an operator needs the name to uninstall or block it.
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        name = entry_point.name
+        if pm.is_blocked(name) or pm.has_plugin(name):
+            continue
+        try:
+            plugin = entry_point.load()
+        except Exception as error:
+            raise PluginError(
+                f"the cidx_jobs plugin {name!r} ({entry_point.value}) failed to load: {error}; "
+                f"reinstall it, or block it with {BLOCK_ENV_VAR}={name}"
+            ) from error
+        pm.register(plugin, name=name)
 
 
 class Hooks:

@@ -41,8 +41,10 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(datetime, structure_datetime)
     converter.register_structure_hook(JobStatus, lambda value, _type: JobStatus.parse(value))
     converter.register_unstructure_hook(JobStatus, lambda value: value.value)
-    converter.register_unstructure_hook(
-        frozenset, lambda value: sorted(converter.unstructure(item) for item in value)
+    # Sets come out sorted so that the same filter always gives the same JSON.
+    converter.register_unstructure_hook_func(
+        lambda cls: cls in (set, frozenset) or getattr(cls, "__origin__", None) in (set, frozenset),
+        lambda value: sorted(converter.unstructure(item) for item in value),
     )
     return converter
 

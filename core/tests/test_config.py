@@ -1,0 +1,136 @@
+"""URLs, mappings and options: every problem is a ConfigError naming the option."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from cidx_jobs import Options, StoreSettings, open_persistence, parse_config
+from cidx_jobs.errors import BackendNotFoundError, ConfigError
+
+
+@pytest.mark.parametrize(
+    ("url", "backend", "options"),
+    [
+        ("memory://", "memory", {}),
+        ("sqlite:///jobs.db", "sqlite", {"path": "jobs.db"}),
+        ("sqlite:///var/lib/cidx/jobs.db", "sqlite", {"path": "var/lib/cidx/jobs.db"}),
+        ("sqlite:////var/lib/cidx/jobs.db", "sqlite", {"path": "/var/lib/cidx/jobs.db"}),
+        (
+            "SQLite:///j.db?pool_size=8&busy_timeout=2.5",
+            "sqlite",
+            {"path": "j.db", "pool_size": "8", "busy_timeout": "2.5"},
+        ),
+        (
+            "postgresql://user@db.example/jobs",
+            "postgresql",
+            {"netloc": "user@db.example", "path": "jobs"},
+        ),
+    ],
+)
+def test_parse_url(url: str, backend: str, options: dict[str, object]) -> None:
+    assert parse_config(url) == (backend, url, options)
+
+
+def test_parse_mapping() -> None:
+    assert parse_config({"backend": "SQLite", "path": "x.db", "pool_size": 6}) == (
+        "sqlite",
+        None,
+        {"path": "x.db", "pool_size": 6},
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "option"),
+    [
+        ("jobs.db", "url"),
+        ("sqlite:///x.db?a=1&a=2", "a"),
+        ("sqlite:///x.db?novalue", "url"),
+        ({"path": "x.db"}, "backend"),
+        ({"backend": ""}, "backend"),
+        ({"backend": "memory", 3: "x"}, "3"),
+        (42, "url"),
+    ],
+)
+def test_bad_configs(config: object, option: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config)  # type: ignore[arg-type]
+    assert caught.value.option == option
+
+
+def test_environment_variable_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIDX_JOBS_URL", "memory://?x=1")
+    assert parse_config(None) == ("memory", "memory://?x=1", {"x": "1"})
+    monkeypatch.delenv("CIDX_JOBS_URL")
+    with pytest.raises(ConfigError, match="CIDX_JOBS_URL"):
+        parse_config(None)
+
+
+class TestOptions:
+    def test_typed_reads(self) -> None:
+        opts = Options("b", {"n": "7", "f": "0.5", "flag": "yes", "mode": "FULL", "s": "x"})
+        assert opts.get_int("n", 1, minimum=0, maximum=10) == 7
+        assert opts.get_float("f", 1.0, minimum=0, maximum=1) == 0.5
+        assert opts.get_bool("flag", False) is True
+        assert opts.get_choice("mode", "normal", ("normal", "full")) == "full"
+        assert opts.get_str("s") == "x"
+        assert opts.get_int("absent", 3, minimum=0, maximum=5) == 3
+        opts.finish()
+
+    @pytest.mark.parametrize(
+        ("values", "read"),
+        [
+            ({"n": "seven"}, lambda o: o.get_int("n", 1, minimum=0, maximum=10)),
+            ({"n": "11"}, lambda o: o.get_int("n", 1, minimum=0, maximum=10)),
+            ({"n": 2.0}, lambda o: o.get_int("n", 1, minimum=0, maximum=10)),
+            ({"n": True}, lambda o: o.get_int("n", 1, minimum=0, maximum=10)),
+            ({"n": "nan"}, lambda o: o.get_float("n", 1, minimum=0, maximum=10)),
+            ({"n": "maybe"}, lambda o: o.get_bool("n", True)),
+            ({"n": "other"}, lambda o: o.get_choice("n", "a", ("a", "b"))),
+            ({"n": 5}, lambda o: o.get_str("n")),
+        ],
+    )
+    def test_bad_values_name_the_option(self, values: dict[str, object], read: object) -> None:
+        with pytest.raises(ConfigError) as caught:
+            read(Options("b", values))  # type: ignore[operator]
+        assert caught.value.option == "n"
+        assert "'n'" in str(caught.value)
+
+    def test_unknown_option_is_reported_with_the_known_ones(self) -> None:
+        opts = Options("sqlite", {"pool_sise": "5"})
+        opts.get_int("pool_size", 5, minimum=5, maximum=10)
+        with pytest.raises(ConfigError, match=r"pool_sise.*known options: pool_size") as caught:
+            opts.finish()
+        assert caught.value.option == "pool_sise"
+
+
+def test_unknown_backend_lists_installed_ones() -> None:
+    pytest.importorskip("cidx_jobs_memory")
+    with pytest.raises(BackendNotFoundError) as caught:
+        open_persistence("nosuch://")
+    assert "memory" in caught.value.available
+    assert "memory" in str(caught.value)
+    assert isinstance(caught.value, LookupError)
+
+
+def test_common_options_are_applied() -> None:
+    pytest.importorskip("cidx_jobs_memory")
+    with open_persistence("memory://?max_metadata_bytes=100&retention_days=2.5") as store:
+        assert store.settings.max_metadata_bytes == 100
+        assert store.settings.retention == timedelta(days=2.5)
+
+
+def test_settings_are_a_base_that_options_override() -> None:
+    pytest.importorskip("cidx_jobs_memory")
+    base = StoreSettings(max_metadata_bytes=10, retention=timedelta(days=1))
+    with open_persistence({"backend": "memory", "retention_days": 3}, settings=base) as store:
+        assert store.settings.max_metadata_bytes == 10
+        assert store.settings.retention == timedelta(days=3)
+
+
+@pytest.mark.parametrize("url", ["memory://?retention_days=-1", "memory://?max_metadata_bytes=x"])
+def test_bad_common_option(url: str) -> None:
+    pytest.importorskip("cidx_jobs_memory")
+    with pytest.raises(ConfigError):
+        open_persistence(url)

@@ -1,0 +1,203 @@
+"""The plugin manager, the backend registry and the hook facade."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import pluggy
+import pytest
+
+from cidx_jobs import (
+    BackendConfig,
+    CleanupPolicy,
+    CleanupReport,
+    Hooks,
+    JobPersistence,
+    JobStatus,
+    get_plugin_manager,
+    hookimpl,
+    open_persistence,
+)
+from cidx_jobs.errors import PluginError
+
+NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def pm() -> pluggy.PluginManager:
+    return get_plugin_manager(load_entrypoints=False)
+
+
+def backend_plugin(name: str) -> SimpleNamespace:
+    class Plugin:
+        @hookimpl
+        def cidx_jobs_register_backends(self, register):  # type: ignore[no-untyped-def]
+            register(name, lambda config: config)
+
+    return Plugin()  # type: ignore[return-value]
+
+
+def test_backends_are_collected_through_register(pm: pluggy.PluginManager) -> None:
+    pm.register(backend_plugin("alpha"), name="plugin-a")
+    pm.register(backend_plugin("beta"), name="plugin-b")
+    assert sorted(Hooks(pm).backends()) == ["alpha", "beta"]
+
+
+def test_same_backend_name_twice_names_both_plugins(pm: pluggy.PluginManager) -> None:
+    pm.register(backend_plugin("dup"), name="first-plugin")
+    pm.register(backend_plugin("dup"), name="second-plugin")
+    with pytest.raises(PluginError) as caught:
+        Hooks(pm).backends()
+    assert "first-plugin" in str(caught.value)
+    assert "second-plugin" in str(caught.value)
+
+
+def test_malformed_registration_is_a_plugin_error(pm: pluggy.PluginManager) -> None:
+    class Bad:
+        @hookimpl
+        def cidx_jobs_register_backends(self, register):  # type: ignore[no-untyped-def]
+            register("", "not callable")
+
+    pm.register(Bad(), name="bad")
+    with pytest.raises(PluginError, match="bad"):
+        Hooks(pm).backends()
+
+
+def test_misspelled_hook_is_reported() -> None:
+    class Typo:
+        @hookimpl
+        def cidx_jobs_job_svaed(self, job):  # type: ignore[no-untyped-def]
+            pass
+
+    pm = get_plugin_manager(load_entrypoints=False)
+    pm.register(Typo(), name="typo")
+    with pytest.raises(pluggy.PluginValidationError):
+        pm.check_pending()
+
+
+def test_entry_point_plugins_are_loaded_and_can_be_blocked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("cidx_jobs_memory")
+    assert "memory" in Hooks(get_plugin_manager()).backends()
+    monkeypatch.setenv("CIDX_JOBS_BLOCK_PLUGINS", "memory, other")
+    pm = get_plugin_manager()
+    assert pm.is_blocked("memory")
+    assert "memory" not in Hooks(pm).backends()
+
+
+def test_factory_receives_config_and_hooks(pm: pluggy.PluginManager) -> None:
+    pm.register(backend_plugin("echo"), name="echo")
+    hooks = Hooks(pm)
+    config = open_persistence("echo:///some/where.db?extra=1", hooks=hooks)
+    assert isinstance(config, BackendConfig)  # the echo factory returns its config
+    assert config.path == "some/where.db"
+    assert config.options == {"extra": "1"}
+    assert config.hooks is hooks
+    assert config.url == "echo:///some/where.db?extra=1"
+
+
+def test_default_cleanup_policy(pm: pluggy.PluginManager) -> None:
+    policy = Hooks(pm).cleanup_policy(timedelta(days=7))
+    assert policy == CleanupPolicy.uniform(timedelta(days=7))
+    assert JobStatus.INTERRUPTED in policy.retention
+    assert JobStatus.RUNNING not in policy.retention
+
+
+def test_a_plugin_overrides_the_default_policy(pm: pluggy.PluginManager) -> None:
+    only_failed = CleanupPolicy(retention={JobStatus.FAILED: timedelta(days=30)})
+
+    class KeepFailed:
+        @hookimpl
+        def cidx_jobs_cleanup_policy(self):  # type: ignore[no-untyped-def]
+            return only_failed  # takes fewer arguments than the spec: allowed
+
+    pm.register(KeepFailed(), name="keep-failed")
+    assert Hooks(pm).cleanup_policy(timedelta(days=7)) is only_failed
+
+
+def test_blocking_the_defaults_without_a_replacement_is_an_error() -> None:
+    pm = get_plugin_manager(load_entrypoints=False, blocked=("cidx_jobs.defaults",))
+    with pytest.raises(PluginError, match=r"cidx_jobs\.defaults"):
+        Hooks(pm).cleanup_policy(timedelta(days=1))
+
+
+def test_checkpoint_policy_default_and_abstain(pm: pluggy.PluginManager) -> None:
+    hooks = Hooks(pm)
+    assert hooks.checkpoint_should_write("j", "p", {}, None, NOW) is True
+
+    class Abstain:
+        @hookimpl
+        def cidx_jobs_checkpoint_should_write(self):  # type: ignore[no-untyped-def]
+            return None
+
+    pm.register(Abstain(), name="abstain")
+    assert hooks.checkpoint_should_write("j", "p", {}, NOW, NOW) is True
+
+    class Throttle:
+        @hookimpl
+        def cidx_jobs_checkpoint_should_write(self, last_written_at, now):  # type: ignore[no-untyped-def]
+            return last_written_at is None or now - last_written_at > timedelta(seconds=5)
+
+    pm.register(Throttle(), name="throttle")
+    assert hooks.checkpoint_should_write("j", "p", {}, NOW, NOW) is False
+    assert hooks.checkpoint_should_write("j", "p", {}, None, NOW) is True
+
+
+def test_failing_observer_is_logged_and_others_still_run(
+    pm: pluggy.PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[int] = []
+
+    class Broken:
+        @hookimpl
+        def cidx_jobs_cleanup_done(self, report):  # type: ignore[no-untyped-def]
+            raise RuntimeError("metrics server down")
+
+    class Counter:
+        @hookimpl
+        def cidx_jobs_cleanup_done(self, report):  # type: ignore[no-untyped-def]
+            seen.append(report.jobs_deleted)
+
+    pm.register(Broken(), name="broken")
+    pm.register(Counter(), name="counter")
+    report = CleanupReport(jobs_deleted=3, checkpoints_deleted=1, cutoffs={})
+    with caplog.at_level(logging.INFO, logger="cidx_jobs"):
+        Hooks(pm).cleanup_done(report)
+    assert seen == [3]
+    assert any("broken" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+    assert any("deleted 3 jobs" in r.getMessage() for r in caplog.records)
+
+
+def test_default_observers_log_status_changes(
+    pm: pluggy.PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    hooks = Hooks(pm)
+    with caplog.at_level(logging.INFO, logger="cidx_jobs"):
+        hooks.status_changed("j1", JobStatus.FAILED, "boom", NOW)
+        hooks.status_changed("j2", JobStatus.COMPLETED, None, NOW)
+    levels = {r.getMessage(): r.levelno for r in caplog.records}
+    assert levels["job j1 failed: boom"] == logging.WARNING
+    assert levels["job j2 is now completed"] == logging.INFO
+
+
+def test_job_persistence_is_abstract() -> None:
+    with pytest.raises(TypeError):
+        JobPersistence()  # type: ignore[abstract]
+
+
+def test_a_plugin_that_fails_to_import_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    broken = importlib.metadata.EntryPoint(
+        name="broken-backend", value="cidx_jobs_no_such_module._plugin", group="cidx_jobs"
+    )
+    monkeypatch.setattr(
+        importlib.metadata, "entry_points", lambda group: [broken] if group == "cidx_jobs" else []
+    )
+    with pytest.raises(PluginError, match=r"'broken-backend'.*CIDX_JOBS_BLOCK_PLUGINS"):
+        get_plugin_manager()
+    # Blocking it is the documented way out.
+    assert get_plugin_manager(blocked=("broken-backend",)).is_blocked("broken-backend")
