@@ -30,6 +30,7 @@ from ._models import (
 )
 from ._persistence import JobPersistence, StatusChange
 from ._plugins import BLOCK_ENV_VAR, ENTRY_POINT_GROUP, BackendFactory, Hooks, get_plugin_manager
+from ._scheduler import AsyncCleanupScheduler, CleanupScheduler
 from .hookspecs import hookimpl
 
 __all__ = [
@@ -39,11 +40,13 @@ __all__ = [
     "FINISHED_STATUSES",
     "TERMINAL_STATUSES",
     "URL_ENV_VAR",
+    "AsyncCleanupScheduler",
     "BackendConfig",
     "BackendFactory",
     "Checkpoint",
     "CleanupPolicy",
     "CleanupReport",
+    "CleanupScheduler",
     "Hooks",
     "JobFilter",
     "JobPage",

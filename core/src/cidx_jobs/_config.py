@@ -30,11 +30,14 @@ class StoreSettings:
       metadata or checkpoint data accepted, as UTF-8 JSON; default 1 MiB.
     * ``retention`` (option ``retention_days``): how long finished jobs are
       kept by :meth:`~cidx_jobs.JobPersistence.run_cleanup`; default 7 days.
+    * ``checkpoint_max_age`` (option ``checkpoint_max_age_hours``): the oldest
+      checkpoint the default resume policy resumes from; default 24 hours.
     * ``clock``: returns the current aware UTC time; tests replace it.
     """
 
     max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
     retention: timedelta = DEFAULT_RETENTION
+    checkpoint_max_age: timedelta = timedelta(hours=24)
     clock: Callable[[], datetime] = utcnow
 
 
@@ -258,8 +261,17 @@ def read_settings(options: Options, base: StoreSettings | None = None) -> StoreS
     days = options.get_float(
         "retention_days", base.retention / timedelta(days=1), minimum=0, maximum=36500
     )
+    hours = options.get_float(
+        "checkpoint_max_age_hours",
+        base.checkpoint_max_age / timedelta(hours=1),
+        minimum=0,
+        maximum=24 * 36500,
+    )
     return StoreSettings(
-        max_metadata_bytes=max_bytes, retention=timedelta(days=days), clock=base.clock
+        max_metadata_bytes=max_bytes,
+        retention=timedelta(days=days),
+        checkpoint_max_age=timedelta(hours=hours),
+        clock=base.clock,
     )
 
 

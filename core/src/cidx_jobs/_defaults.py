@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from ._models import Checkpoint, CleanupPolicy, CleanupReport, JobStatus, SyncJob
 from .hookspecs import hookimpl
@@ -30,6 +30,16 @@ def cidx_jobs_checkpoint_should_write(
     now: datetime,
 ) -> bool:
     return True
+
+
+@hookimpl(trylast=True)
+def cidx_jobs_resume_checkpoint(
+    checkpoints: Sequence[Checkpoint], now: datetime, max_age: timedelta
+) -> Checkpoint | Literal[False]:
+    if not checkpoints:
+        return False
+    newest = max(checkpoints, key=lambda checkpoint: checkpoint.created_at)
+    return newest if now - newest.created_at <= max_age else False
 
 
 @hookimpl(trylast=True)

@@ -27,7 +27,7 @@ from ._models import (
     SyncJob,
 )
 from ._plugins import Hooks
-from .errors import ValidationError
+from .errors import JobNotFoundError, ValidationError
 
 logger = logging.getLogger("cidx_jobs")
 
@@ -338,6 +338,23 @@ class JobPersistence(abc.ABC):
         :raises ValidationError: ``job_id`` is invalid.
         """
         return self._get_checkpoints(v.check_id(job_id, "job_id"))
+
+    def resume_point(self, job_id: str) -> Checkpoint | None:
+        """The checkpoint to resume this job from, as the resume policy hook chooses.
+
+        By default the newest checkpoint, if younger than the store's
+        ``checkpoint_max_age``; ``None`` means start from the beginning.
+
+        :raises ValidationError: ``job_id`` is invalid.
+        :raises JobNotFoundError: there is no such job.
+        :raises PluginError: a resume policy returned something invalid.
+        """
+        job = self.load_job(job_id)
+        if job is None:
+            raise JobNotFoundError(job_id)
+        return self.hooks.resume_checkpoint(
+            job, self._get_checkpoints(job.id), self._now(), self.settings.checkpoint_max_age
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -6,7 +6,7 @@ import importlib.metadata
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -148,6 +148,25 @@ class Hooks:
             job_id=job_id, phase=phase, data=data, last_written_at=last_written_at, now=now
         )
         return answer is not False
+
+    def resume_checkpoint(
+        self, job: SyncJob, checkpoints: Sequence[Checkpoint], now: datetime, max_age: timedelta
+    ) -> Checkpoint | None:
+        """The checkpoint ``job`` resumes from, or ``None`` to start over.
+
+        :raises PluginError: a plugin returned something that is not one of ``checkpoints``.
+        """
+        choice = self.pm.hook.cidx_jobs_resume_checkpoint(
+            job=job, checkpoints=checkpoints, now=now, max_age=max_age
+        )
+        if choice is None or choice is False:
+            return None
+        if not isinstance(choice, Checkpoint) or choice not in checkpoints:
+            raise PluginError(
+                f"cidx_jobs_resume_checkpoint returned {choice!r}; expected one of the "
+                "job's checkpoints, False or None"
+            )
+        return choice
 
     # -- events --------------------------------------------------------------------
 

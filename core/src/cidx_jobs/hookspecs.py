@@ -17,9 +17,9 @@ grow new arguments without breaking plugins.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pluggy
 
@@ -88,6 +88,24 @@ def cidx_jobs_checkpoint_should_write(
     """
 
 
+@hookspec(firstresult=True)
+def cidx_jobs_resume_checkpoint(
+    job: SyncJob, checkpoints: Sequence[Checkpoint], now: datetime, max_age: timedelta
+) -> Checkpoint | Literal[False] | None:
+    """Choose the checkpoint an interrupted job resumes from.
+
+    Return one of ``checkpoints``, ``False`` to start the job over, or
+    ``None`` to leave the decision to the next plugin. The default picks the
+    newest checkpoint if it is younger than ``max_age``, else starts over.
+
+    :param job: the job being resumed.
+    :param checkpoints: its checkpoints, oldest first (one per phase).
+    :param now: the current time, UTC.
+    :param max_age: the configured maximum age (option
+        ``checkpoint_max_age_hours``, 24 hours by default).
+    """
+
+
 @hookspec
 def cidx_jobs_job_saved(job: SyncJob) -> None:
     """Observe a new job after it was stored.
@@ -134,6 +152,7 @@ __all__ = [
     "cidx_jobs_cleanup_policy",
     "cidx_jobs_job_saved",
     "cidx_jobs_register_backends",
+    "cidx_jobs_resume_checkpoint",
     "cidx_jobs_status_changed",
     "hookimpl",
     "hookspec",
