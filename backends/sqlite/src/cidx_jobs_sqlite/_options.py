@@ -1,0 +1,144 @@
+"""The options of the SQLite backend, read from a URL's query string or a mapping."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from cidx_jobs import BackendConfig, Options
+from cidx_jobs.errors import ConfigError
+
+__all__ = ["SYNCHRONOUS_LEVELS", "SqliteOptions"]
+
+#: The values of the ``synchronous`` option, as SQLite names them.
+SYNCHRONOUS_LEVELS = ("off", "normal", "full", "extra")
+#: The values of the ``check_on_open`` option.
+CHECK_LEVELS = ("quick", "full", "off")
+
+DEFAULT_POOL_SIZE = 5
+MIN_POOL_SIZE = 5
+MAX_POOL_SIZE = 10
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+MAX_BUSY_TIMEOUT_MS = 600_000
+MAX_SIZE_MB = 16 * 1024 * 1024  # 16 TiB; SQLite's own limit is far beyond any job store
+
+
+@dataclasses.dataclass(frozen=True)
+class SqliteOptions:
+    """How to open and run an SQLite job store. Build it with :meth:`parse` or :meth:`from_config`,
+    which validate every value.
+
+    :ivar path: the database file; missing parent folders are created.
+    :ivar pool_size: the most connections open at once (5..10, default 5).
+    :ivar busy_timeout_ms: how long a call waits for another connection's write lock
+        (and for a free pooled connection) before it gives up (default 5000).
+    :ivar synchronous: SQLite's ``synchronous`` level: ``normal`` (default; in WAL mode a
+        process crash loses nothing, a power cut may lose the last transactions),
+        ``full`` or ``extra`` (survive power cuts, slower writes) or ``off``.
+    :ivar recover_corrupt: on opening a damaged file, move it aside and salvage what is
+        readable into a fresh one (default); when false, raise StorageCorruptError.
+    :ivar check_on_open: how the file is checked for damage at open: ``quick``
+        (``PRAGMA quick_check``, default, about a second per 500 MB), ``full``
+        (``PRAGMA integrity_check``, much slower) or ``off``.
+    :ivar max_size_mb: the largest the database may grow, in MiB (0, the default, means
+        no limit beyond the disk); a write beyond it raises StorageFullError.
+    """
+
+    path: Path
+    pool_size: int = DEFAULT_POOL_SIZE
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+    synchronous: str = "normal"
+    recover_corrupt: bool = True
+    check_on_open: str = "quick"
+    max_size_mb: int = 0
+
+    @property
+    def busy_timeout(self) -> float:
+        """``busy_timeout_ms`` in seconds."""
+        return self.busy_timeout_ms / 1000
+
+    @classmethod
+    def parse(
+        cls, path: object, options: Options | Mapping[str, object] | None = None
+    ) -> SqliteOptions:
+        """Validate ``path`` and the backend's options; unknown options are refused.
+
+        :param path: the database file (``sqlite:///jobs.db`` gives ``jobs.db``).
+        :param options: the options not read by the core (an :class:`~cidx_jobs.Options`
+            or a plain mapping); :meth:`~cidx_jobs.Options.finish` is called on it.
+        :raises ConfigError: the path is missing or unusable, or an option is unknown
+            or invalid; the error's ``option`` names it.
+        """
+        if options is None:
+            options = {}
+        reader = options if isinstance(options, Options) else Options("sqlite", options)
+        netloc = reader.get_str("netloc")
+        if netloc:
+            raise ConfigError(
+                f"an sqlite URL has no host part (got {netloc!r}): write sqlite:///relative/path.db "
+                "or sqlite:////absolute/path.db",
+                option="netloc",
+            )
+        pool_size = reader.get_int(
+            "pool_size", DEFAULT_POOL_SIZE, minimum=MIN_POOL_SIZE, maximum=MAX_POOL_SIZE
+        )
+        busy_timeout_ms = reader.get_int(
+            "busy_timeout_ms", DEFAULT_BUSY_TIMEOUT_MS, minimum=0, maximum=MAX_BUSY_TIMEOUT_MS
+        )
+        synchronous = reader.get_choice("synchronous", "normal", SYNCHRONOUS_LEVELS)
+        recover_corrupt = reader.get_bool("recover_corrupt", True)
+        check_on_open = reader.get_choice("check_on_open", "quick", CHECK_LEVELS)
+        max_size_mb = reader.get_int("max_size_mb", 0, minimum=0, maximum=MAX_SIZE_MB)
+        reader.finish()
+        return cls(
+            path=_check_path(path),
+            pool_size=pool_size,
+            busy_timeout_ms=busy_timeout_ms,
+            synchronous=synchronous,
+            recover_corrupt=recover_corrupt,
+            check_on_open=check_on_open,
+            max_size_mb=max_size_mb,
+        )
+
+    @classmethod
+    def from_config(cls, config: BackendConfig) -> SqliteOptions:
+        """The options of a store opened through :func:`cidx_jobs.open_persistence`.
+
+        :raises ConfigError: as :meth:`parse`.
+        """
+        return cls.parse(config.path, config.reader())
+
+    def max_page_count(self, page_size: int) -> int | None:
+        """``max_size_mb`` as SQLite's ``max_page_count`` for pages of ``page_size`` bytes."""
+        if not self.max_size_mb:
+            return None
+        return max(1, math.floor(self.max_size_mb * 1024 * 1024 / page_size))
+
+
+def _check_path(path: object) -> Path:
+    if path is None or path == "":
+        raise ConfigError(
+            "the sqlite backend needs a database path: sqlite:///relative/path.db, "
+            "sqlite:////absolute/path.db, or {'backend': 'sqlite', 'path': ...}",
+            option="path",
+        )
+    if not isinstance(path, str):
+        raise ConfigError(f"option 'path' must be a string, got {path!r}", option="path")
+    if path == ":memory:" or path.startswith("file:"):
+        raise ConfigError(
+            f"the sqlite backend stores jobs in a file; {path!r} is not a file path "
+            "(use memory:// for a store that lives in memory)",
+            option="path",
+        )
+    if "\x00" in path:
+        raise ConfigError("option 'path' must not contain NUL characters", option="path")
+    resolved = Path(path).expanduser()
+    if path.endswith(("/", "\\")) or resolved.is_dir():
+        raise ConfigError(
+            f"option 'path' must name a database file, but {path!r} is a folder "
+            "(e.g. sqlite:////var/lib/cidx/jobs.db)",
+            option="path",
+        )
+    return resolved.absolute()

@@ -1,0 +1,189 @@
+"""A bounded pool of SQLite connections shared by threads."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+
+from cidx_jobs.errors import StorageUnavailableError
+
+
+class Connection(sqlite3.Connection):
+    """An sqlite3 connection that remembers which file it opened.
+
+    ``identity`` is the (device, inode) of the database file when the connection
+    was made: if the path later names another file (or none), the file was removed
+    or replaced under the store, and this connection writes into the void.
+    """
+
+    identity: tuple[int, int] = (0, 0)
+
+
+class ConnectionPool:
+    """At most ``size`` connections, opened lazily and handed to one thread at a time.
+
+    Checkout is a lock-free pop from a LIFO stack (so a single thread keeps reusing
+    one warm connection); only when the stack is empty does a caller take the lock
+    to open a connection or wait for one. :meth:`invalidate` retires every
+    connection (after the file was replaced, or an I/O error): idle ones are closed
+    at once, busy ones when they come back, and later checkouts open new ones.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Connection],
+        size: int,
+        wait_timeout: float,
+        describe: str,
+    ) -> None:
+        self._connect = connect
+        self._size = size
+        self._wait_timeout = wait_timeout
+        self._describe = describe
+        self._idle: list[Connection] = []
+        self._all: set[Connection] = set()
+        self._stale: set[Connection] = set()
+        self._opening = 0
+        self._waiting = 0
+        self._closed = False
+        self._cond = threading.Condition(threading.Lock())
+
+    @property
+    def size(self) -> int:
+        """The most connections the pool opens."""
+        return self._size
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def open_count(self) -> int:
+        """How many connections are open now (idle or in use)."""
+        return len(self._all)
+
+    def add(self, conn: Connection) -> None:
+        """Adopt an open connection as an idle one (the store's first connection)."""
+        with self._cond:
+            self._all.add(conn)
+            self._idle.append(conn)
+
+    def acquire(self) -> Connection:
+        """A connection for the calling thread's exclusive use; give it back with :meth:`release`.
+
+        :raises StorageUnavailableError: the pool is closed, or every connection stayed
+            in use for the wait timeout.
+        :raises StorageError: opening a new connection failed.
+        """
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self._acquire_slow()
+
+    def _acquire_slow(self) -> Connection:
+        deadline: float | None = None
+        with self._cond:
+            # Counted before looking at the stack, so that a release racing with this
+            # checkout either leaves its connection for us to find or wakes us up.
+            self._waiting += 1
+            try:
+                while True:
+                    if self._closed:
+                        raise self._closed_error()
+                    if self._idle:
+                        return self._idle.pop()
+                    if len(self._all) + self._opening < self._size:
+                        self._opening += 1
+                        break
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + self._wait_timeout
+                    if now >= deadline:
+                        raise StorageUnavailableError(
+                            f"all {self._size} connections to {self._describe} stayed in use for "
+                            f"{self._wait_timeout:g} s; long transaction() blocks or many "
+                            "threads hold them (raise pool_size, or shorten the blocks)"
+                        )
+                    self._cond.wait(deadline - now)
+            finally:
+                self._waiting -= 1
+        try:
+            conn = self._connect()
+        except BaseException:
+            with self._cond:
+                self._opening -= 1
+                self._cond.notify()
+            raise
+        with self._cond:
+            self._opening -= 1
+            if not self.closed:  # it may have been closed while this thread connected
+                self._all.add(conn)
+                return conn
+        conn.close()
+        raise self._closed_error()
+
+    def release(self, conn: Connection) -> None:
+        """Give a connection back; a retired one is closed instead."""
+        if self._stale and conn in self._stale:
+            self.discard(conn)
+            return
+        if conn.in_transaction:
+            # A statement was interrupted half-way; never hand out an open transaction.
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                self.discard(conn)
+                return
+        self._idle.append(conn)
+        if self._closed:
+            self._close_idle()
+        elif self._waiting:
+            with self._cond:
+                self._cond.notify()
+
+    def discard(self, conn: Connection) -> None:
+        """Close a connection that is not trusted any more; a later checkout opens a new one."""
+        with self._cond:
+            self._all.discard(conn)
+            self._stale.discard(conn)
+            self._cond.notify()
+        _close_quietly(conn)
+
+    def invalidate(self) -> None:
+        """Retire every connection: idle ones now, the ones in use when they are released."""
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._all.difference_update(idle)
+            self._stale.update(self._all)
+            self._cond.notify_all()
+        for conn in idle:
+            _close_quietly(conn)
+
+    def close(self) -> None:
+        """Close every idle connection now and each busy one when it is released. Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._close_idle()
+
+    def _close_idle(self) -> None:
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._all.difference_update(idle)
+            self._stale.difference_update(idle)
+        for conn in idle:
+            _close_quietly(conn)
+
+    def _closed_error(self) -> StorageUnavailableError:
+        return StorageUnavailableError(f"the job store on {self._describe} is closed")
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    # Closing finishes a WAL checkpoint that may fail on a broken disk; the handle is
+    # released regardless.
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()

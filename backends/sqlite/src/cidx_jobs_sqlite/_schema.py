@@ -1,0 +1,200 @@
+"""The schema and its forward migrations, versioned with ``PRAGMA user_version``.
+
+A database's schema is built by applying :data:`MIGRATIONS` in order, from the
+version it has to :data:`SCHEMA_VERSION`, in one ``BEGIN IMMEDIATE``
+transaction; a fresh database is simply one at version 0. So a migrated
+database and a fresh one are built by the same statements, and the tests
+compare them anyway.
+
+To change the schema, append a :class:`Migration` with the next version number;
+never edit a released one. A step that rebuilds a table (SQLite's twelve-step
+``ALTER TABLE`` procedure) sets ``rebuilds_tables`` so that foreign keys are
+switched off around it and checked before the commit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from cidx_jobs.errors import SchemaVersionError, StorageError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "apply_migrations", "read_version"]
+
+logger = logging.getLogger("cidx_jobs.sqlite")
+
+#: The terminal statuses, as SQL literals (kept in step with cidx_jobs.TERMINAL_STATUSES).
+TERMINAL_SQL = "('cancelled', 'completed', 'failed')"
+
+# Datetimes are INTEGER microseconds since 1970-01-01 UTC: exact, compact, ordered, and
+# free of the numeric-affinity trap of columns declared TIMESTAMP or JSON. Text columns are
+# declared TEXT for the same reason.
+_V1 = (
+    """CREATE TABLE sync_jobs (
+    id            TEXT    NOT NULL PRIMARY KEY,
+    user_id       TEXT    NOT NULL,
+    project_id    TEXT    NOT NULL,
+    status        TEXT    NOT NULL,
+    progress      INTEGER NOT NULL DEFAULT 0,
+    phase         TEXT,
+    created_at    INTEGER NOT NULL,
+    started_at    INTEGER,
+    completed_at  INTEGER,
+    error_message TEXT,
+    metadata      TEXT    NOT NULL DEFAULT '{}'
+)""",
+    """CREATE TABLE job_checkpoints (
+    job_id     TEXT    NOT NULL REFERENCES sync_jobs (id) ON DELETE CASCADE,
+    phase      TEXT    NOT NULL,
+    data       TEXT    NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (job_id, phase)
+)""",
+    # A user's page, filtered by status and date, newest first. Ties on created_at (rare at
+    # microsecond resolution) are ordered by id in a small sort; leaving id out of the
+    # indexes halves their size.
+    "CREATE INDEX sync_jobs_user_status_created ON sync_jobs (user_id, status, created_at DESC)",
+    # A user's page over every status.
+    "CREATE INDEX sync_jobs_user_created ON sync_jobs (user_id, created_at DESC)",
+    # Every user's jobs of some status (e.g. all running jobs), newest first.
+    "CREATE INDEX sync_jobs_status_created ON sync_jobs (status, created_at DESC)",
+    # Every job, newest first, and date ranges without a user.
+    "CREATE INDEX sync_jobs_created ON sync_jobs (created_at DESC)",
+    # Cleanup: finished jobs of a status by the time they finished. Matches the expression
+    # in the cleanup's WHERE clause exactly, so SQLite can use it.
+    "CREATE INDEX sync_jobs_status_finished ON sync_jobs (status, coalesce(completed_at, created_at))",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    """One forward step of the schema.
+
+    :ivar version: the schema version the database has after this step.
+    :ivar description: what the step changes, for the log.
+    :ivar statements: the SQL statements of the step, run in order.
+    :ivar run: an optional function run after the statements (for data changes).
+    :ivar rebuilds_tables: the step recreates a table; foreign keys are off around it.
+    """
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+    run: Callable[[sqlite3.Connection], None] | None = None
+    rebuilds_tables: bool = False
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        version=1,
+        description="create sync_jobs and job_checkpoints with their indexes",
+        statements=_V1,
+    ),
+)
+
+#: The schema version this release writes; it reads databases of versions 0 to this one.
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+#: The tables this backend owns.
+TABLES = ("sync_jobs", "job_checkpoints")
+
+
+def read_version(conn: sqlite3.Connection) -> int:
+    """The database's schema version (``PRAGMA user_version``)."""
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+def newer_version_error(path: Path, version: int) -> SchemaVersionError:
+    return SchemaVersionError(
+        f"{path} has schema version {version}, written by a newer release of "
+        f"cidx-jobs-sqlite; this release reads schema versions 1 to {SCHEMA_VERSION}. "
+        "Upgrade cidx-jobs-sqlite on this machine (or open another file); the database "
+        "was not changed"
+    )
+
+
+def apply_migrations(
+    conn: sqlite3.Connection,
+    path: Path,
+    begin: Callable[[sqlite3.Connection], None],
+    target: int = SCHEMA_VERSION,
+) -> tuple[int, int]:
+    """Bring the database up to ``target`` in one transaction; idempotent.
+
+    :param begin: starts the write transaction (``BEGIN IMMEDIATE``, retrying while busy).
+    :param target: the version to stop at (tests build old versions with it).
+    :returns: (version before, version after).
+    :raises SchemaVersionError: the database is newer than this release, or it is not a
+        cidx-jobs database.
+    :raises sqlite3.Error: SQLite failed; nothing was changed.
+    """
+    version = read_version(conn)
+    if version > SCHEMA_VERSION:
+        raise newer_version_error(path, version)
+    if version >= target:
+        return version, version
+    steps = [m for m in MIGRATIONS if m.version <= target]
+    rebuild = any(m.rebuilds_tables for m in steps if m.version > version)
+    if rebuild:
+        # Only possible outside a transaction; checked with foreign_key_check before commit.
+        conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        begin(conn)
+        try:
+            # Another process may have migrated while this one waited for the lock.
+            version = read_version(conn)
+            if version > SCHEMA_VERSION:
+                raise newer_version_error(path, version)
+            if version >= target:
+                conn.execute("ROLLBACK")
+                return version, version
+            if version == 0:
+                _check_unversioned(conn, path)
+            for migration in steps:
+                if migration.version <= version:
+                    continue
+                for statement in migration.statements:
+                    conn.execute(statement)
+                if migration.run is not None:
+                    migration.run(conn)
+            if rebuild and conn.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                raise StorageError(
+                    f"migrating {path} would break foreign keys; the database was not changed"
+                )
+            # PRAGMA takes no parameters; target is an int.
+            conn.execute(f"PRAGMA user_version = {int(target)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        if rebuild:
+            conn.execute("PRAGMA foreign_keys = ON")
+    if version == 0:
+        logger.info("created the job database schema (version %d) in %s", target, path)
+    elif version < target:
+        logger.info(
+            "migrated the job database %s from schema version %d to %d", path, version, target
+        )
+    return version, target
+
+
+def _check_unversioned(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse to add tables to a database some other program made."""
+    names = [
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    ]
+    if names:
+        raise SchemaVersionError(
+            f"{path} is an SQLite database without a cidx-jobs schema version (it has the "
+            f"tables {', '.join(sorted(names))}); it was not made by cidx-jobs-sqlite. "
+            "Point the sqlite backend at a new file; the database was not changed"
+        )

@@ -1,0 +1,274 @@
+"""The schema read back from sqlite_master, migrations, and the query plans it serves."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cidx_jobs import JobFilter, JobStatus
+from cidx_jobs.errors import SchemaVersionError
+from cidx_jobs_sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteJobStore, _store
+from cidx_jobs_sqlite._schema import apply_migrations
+
+from .conftest import OpenStore, make_job, minutes, raw_connect
+
+#: What the latest schema must hold, written out by hand (columns: name, declared type,
+#: not null, primary-key position).
+EXPECTED_COLUMNS = {
+    "sync_jobs": [
+        ("id", "TEXT", 1, 1),
+        ("user_id", "TEXT", 1, 0),
+        ("project_id", "TEXT", 1, 0),
+        ("status", "TEXT", 1, 0),
+        ("progress", "INTEGER", 1, 0),
+        ("phase", "TEXT", 0, 0),
+        ("created_at", "INTEGER", 1, 0),
+        ("started_at", "INTEGER", 0, 0),
+        ("completed_at", "INTEGER", 0, 0),
+        ("error_message", "TEXT", 0, 0),
+        ("metadata", "TEXT", 1, 0),
+    ],
+    "job_checkpoints": [
+        ("job_id", "TEXT", 1, 1),
+        ("phase", "TEXT", 1, 2),
+        ("data", "TEXT", 1, 0),
+        ("created_at", "INTEGER", 1, 0),
+    ],
+}
+#: Each index: its table and its key columns with their sort order (True = DESC).
+EXPECTED_INDEXES = {
+    "sync_jobs_user_status_created": (
+        "sync_jobs",
+        [("user_id", False), ("status", False), ("created_at", True)],
+    ),
+    "sync_jobs_user_created": ("sync_jobs", [("user_id", False), ("created_at", True)]),
+    "sync_jobs_status_created": ("sync_jobs", [("status", False), ("created_at", True)]),
+    "sync_jobs_created": ("sync_jobs", [("created_at", True)]),
+    # The second key is the expression coalesce(completed_at, created_at).
+    "sync_jobs_status_finished": ("sync_jobs", [("status", False), (None, False)]),
+    "sqlite_autoindex_sync_jobs_1": ("sync_jobs", [("id", False)]),
+    "sqlite_autoindex_job_checkpoints_1": (
+        "job_checkpoints",
+        [("job_id", False), ("phase", False)],
+    ),
+}
+
+
+def describe(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Everything about a schema that matters, in a comparable form."""
+    master = sorted(
+        (type_, name, table, " ".join((sql or "").split()))
+        for type_, name, table, sql in conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_stat%'"
+        )
+    )
+    tables = [name for type_, name, _, _ in master if type_ == "table"]
+    return {
+        "user_version": conn.execute("PRAGMA user_version").fetchone()[0],
+        "master": master,
+        "columns": {t: conn.execute(f"PRAGMA table_info({t})").fetchall() for t in tables},
+        "foreign_keys": {
+            t: conn.execute(f"PRAGMA foreign_key_list({t})").fetchall() for t in tables
+        },
+        "indexes": {
+            name: conn.execute(f"PRAGMA index_xinfo({name})").fetchall()
+            for type_, name, _, _ in master
+            if type_ == "index"
+        },
+    }
+
+
+def test_the_schema_reads_back_as_designed(store: SqliteJobStore, db_path: Path) -> None:
+    with raw_connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        for table, columns in EXPECTED_COLUMNS.items():
+            info = conn.execute(f"PRAGMA table_info({table})").fetchall()
+            assert [(c[1], c[2], c[3], c[5]) for c in info] == columns
+        names = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert names == set(EXPECTED_INDEXES)
+        for name, (table, keys) in EXPECTED_INDEXES.items():
+            assert conn.execute(
+                "SELECT tbl_name FROM sqlite_master WHERE name = ?", (name,)
+            ).fetchone() == (table,)
+            xinfo = conn.execute(f"PRAGMA index_xinfo({name})").fetchall()
+            key_columns = [(row[2], bool(row[3])) for row in xinfo if row[5]]
+            assert key_columns == keys, name
+        # Indexes are separate CREATE INDEX statements, not MySQL's inline INDEX.
+        for (sql,) in conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table'"):
+            assert " INDEX " not in sql.upper()
+        assert conn.execute("PRAGMA foreign_key_list(job_checkpoints)").fetchall() == [
+            (0, 0, "sync_jobs", "job_id", "id", "NO ACTION", "CASCADE", "NONE")
+        ]
+    conn.close()
+
+
+def test_text_stays_text_and_datetimes_are_integers(store: SqliteJobStore, db_path: Path) -> None:
+    # A column declared JSON or TIMESTAMP would have numeric affinity and turn '12.50'
+    # into 12.5; TEXT keeps it.
+    store.save_job(make_job("j1", error_message="12.50", phase="007", metadata={"p": "12.50"}))
+    store.update_job_progress("j1", 5, "1e3")
+    with raw_connect(db_path) as conn:
+        row = conn.execute(
+            "SELECT typeof(phase), typeof(error_message), typeof(metadata), typeof(created_at), "
+            "error_message, phase FROM sync_jobs"
+        ).fetchone()
+    conn.close()
+    assert row == ("text", "text", "text", "integer", "12.50", "1e3")
+    job = store.load_job("j1")
+    assert job is not None
+    assert (job.error_message, job.phase, job.metadata) == ("12.50", "1e3", {"p": "12.50"})
+
+
+def test_migrations_are_numbered_one_to_the_current_version() -> None:
+    assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
+    assert all(m.description and m.statements for m in MIGRATIONS)
+
+
+def build_old_database(path: Path, version: int) -> None:
+    """A database at schema ``version``, with a job and a checkpoint when it has tables."""
+    conn = raw_connect(path)
+    conn.execute("PRAGMA journal_mode = WAL")
+    apply_migrations(conn, path, lambda c: c.execute("BEGIN IMMEDIATE").close(), target=version)
+    if version >= 1:
+        # Version 1's columns; every later migration must keep such rows readable.
+        conn.execute(
+            "INSERT INTO sync_jobs (id, user_id, project_id, status, progress, phase, created_at, "
+            "metadata) VALUES ('old', 'alice', 'repo', 'running', 40, 'indexing', 1700000000000000, "
+            "'{\"k\":1}')"
+        )
+        conn.execute(
+            "INSERT INTO job_checkpoints VALUES ('old', 'git_pull', '{\"sha\":\"abc\"}', "
+            "1700000000000001)"
+        )
+    conn.close()
+
+
+@pytest.mark.parametrize("version", range(SCHEMA_VERSION))
+def test_an_old_database_migrates_to_the_fresh_schema(
+    open_store: OpenStore, tmp_path: Path, version: int
+) -> None:
+    old = tmp_path / "old.db"
+    build_old_database(old, version)
+    migrated = open_store(old)
+    open_store(tmp_path / "fresh.db")
+    with raw_connect(old) as a, raw_connect(tmp_path / "fresh.db") as b:
+        assert describe(a) == describe(b)
+    a.close()
+    b.close()
+    if version >= 1:
+        job = migrated.load_job("old")
+        assert job is not None
+        assert (job.status, job.progress, job.metadata) == (JobStatus.RUNNING, 40, {"k": 1})
+        assert migrated.load_checkpoint("old", "git_pull") == {"sha": "abc"}
+
+
+def test_migrating_is_idempotent(open_store: OpenStore, db_path: Path) -> None:
+    first = open_store()
+    first.save_job(make_job("j1"))
+    first.close()
+    with raw_connect(db_path) as conn:
+        before = describe(conn)
+        assert apply_migrations(conn, db_path, lambda c: None) == (SCHEMA_VERSION, SCHEMA_VERSION)
+    conn.close()
+    second = open_store()
+    assert second.load_job("j1") is not None
+    with raw_connect(db_path) as conn:
+        assert describe(conn) == before
+    conn.close()
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_database_of_a_newer_release_is_refused_untouched(
+    open_store: OpenStore, db_path: Path
+) -> None:
+    open_store().close()
+    with raw_connect(db_path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        conn.execute("PRAGMA journal_mode = DELETE")
+    conn.close()
+    before = digest(db_path)
+    with pytest.raises(SchemaVersionError) as caught:
+        open_store()
+    message = str(caught.value)
+    assert f"schema version {SCHEMA_VERSION + 1}" in message
+    assert f"reads schema versions 1 to {SCHEMA_VERSION}" in message
+    assert digest(db_path) == before
+
+
+def test_another_programs_database_is_refused(open_store: OpenStore, db_path: Path) -> None:
+    with raw_connect(db_path) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    conn.close()
+    with pytest.raises(SchemaVersionError, match="invoices"):
+        open_store()
+    with raw_connect(db_path) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert tables == {"invoices"}
+
+
+def plan(conn: sqlite3.Connection, sql: str, params: list[Any]) -> str:
+    return " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+
+@pytest.mark.parametrize(
+    ("filter", "index"),
+    [
+        (JobFilter(user_id="u"), "sync_jobs_user_created"),
+        (JobFilter(user_id="u", statuses={JobStatus.RUNNING}), "sync_jobs_user_status_created"),
+        (
+            JobFilter(
+                user_id="u",
+                statuses={JobStatus.FAILED, JobStatus.CANCELLED},
+                created_after=minutes(0),
+                created_before=minutes(60),
+            ),
+            "sync_jobs_user_status_created",
+        ),
+        (JobFilter(statuses={JobStatus.RUNNING}), "sync_jobs_status_created"),
+        (JobFilter(), "sync_jobs_created"),
+        (JobFilter(created_after=minutes(0)), "sync_jobs_created"),
+    ],
+)
+def test_queries_use_the_index_made_for_them(
+    store: SqliteJobStore, filter: JobFilter, index: str
+) -> None:
+    statuses = _store._status_values(filter.statuses)
+    sql = _store._select_sql(
+        filter.user_id is not None,
+        filter.project_id is not None,
+        filter.created_after is not None,
+        filter.created_before is not None,
+        False,
+        len(statuses),
+    )
+    params: list[Any] = [None] * sql.count("?")
+    conn = store._pool.acquire()
+    try:
+        text = plan(conn, sql, params)
+    finally:
+        store._pool.release(conn)
+    assert f"INDEX {index}" in text
+    assert "SCAN sync_jobs" not in text.replace(f"SCAN sync_jobs USING INDEX {index}", "")
+
+
+def test_cleanup_uses_the_finish_time_index(store: SqliteJobStore) -> None:
+    where = " OR ".join(["(status = ? AND coalesce(completed_at, created_at) < ?)"] * 2)
+    sql = (
+        f"DELETE FROM sync_jobs WHERE rowid IN (SELECT rowid FROM sync_jobs WHERE {where} LIMIT ?)"
+    )
+    conn = store._pool.acquire()
+    try:
+        text = plan(conn, sql, ["completed", 0, "failed", 0, 10])
+    finally:
+        store._pool.release(conn)
+    assert text.count("USING INDEX sync_jobs_status_finished") == 2

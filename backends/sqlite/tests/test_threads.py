@@ -1,0 +1,192 @@
+"""One store shared by threads: the pool, transactions per thread, busy waiting and retries."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cidx_jobs import Hooks, JobFilter, JobStatus, get_plugin_manager
+from cidx_jobs.errors import StorageUnavailableError
+from cidx_jobs_sqlite import SqliteOptions
+
+from .conftest import OpenStore, make_job, raw_connect
+from .faults import FAULTS, FaultyStore
+
+WAIT = 30.0  # only bounds a hang when something is broken; never a performance claim
+
+
+def run_threads(count: int, work: Callable[[int], None]) -> list[BaseException]:
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def target(index: int) -> None:
+        try:
+            work(index)
+        except BaseException as error:  # collected for the assertion
+            with lock:
+                errors.append(error)
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    return errors
+
+
+def test_many_threads_share_a_bounded_pool(open_store: OpenStore) -> None:
+    store = open_store(pool_size=5)
+    high_water = 0
+
+    def work(index: int) -> None:
+        nonlocal high_water
+        for n in range(30):
+            job_id = f"t{index}-{n}"
+            store.save_job(make_job(job_id, user=f"user{index % 3}"))
+            store.update_job_status(job_id, JobStatus.RUNNING)
+            store.update_job_progress(job_id, n, "indexing")
+            store.save_checkpoint(job_id, "indexing", {"n": n})
+            store.query_jobs(JobFilter(user_id=f"user{index % 3}", limit=10))
+            assert store.load_job(job_id) is not None
+            high_water = max(high_water, store._pool.open_count)
+
+    assert run_threads(16, work) == []
+    assert 1 <= high_water <= 5
+    assert store.count_jobs() == 16 * 30
+    # Every connection the pool opened enforces foreign keys (the cascade needs it).
+    conns = [store._pool.acquire() for _ in range(store._pool.open_count)]
+    try:
+        assert all(c.execute("PRAGMA foreign_keys").fetchone() == (1,) for c in conns)
+    finally:
+        for conn in conns:
+            store._pool.release(conn)
+
+
+def test_readers_do_not_wait_for_a_writer(open_store: OpenStore) -> None:
+    store = open_store()
+    store.save_job(make_job("before"))
+    inside, release = threading.Event(), threading.Event()
+
+    def writer(_: int) -> None:
+        with store.transaction():
+            store.save_job(make_job("uncommitted"))
+            inside.set()
+            assert release.wait(WAIT)
+
+    thread = threading.Thread(target=run_threads, args=(1, writer))
+    thread.start()
+    try:
+        assert inside.wait(WAIT)
+        seen: list[object] = []
+
+        def reader(_: int) -> None:
+            seen.append(store.load_job("before") is not None)
+            seen.append(store.load_job("uncommitted"))
+            seen.append(store.count_jobs())
+
+        reading = threading.Thread(target=run_threads, args=(1, reader))
+        reading.start()
+        reading.join(WAIT)
+        # The reader finished while the writer still holds its open transaction.
+        assert not release.is_set()
+        assert seen == [True, None, 1]
+    finally:
+        release.set()
+        thread.join(WAIT)
+    assert store.load_job("uncommitted") is not None
+
+
+def test_a_transaction_is_one_connection_and_private_to_its_thread(open_store: OpenStore) -> None:
+    store = open_store()
+    others: list[object] = []
+    with store.transaction():
+        store.save_job(make_job("in-block"))
+        # The same connection: the block sees its own uncommitted write ...
+        assert store.load_job("in-block") is not None
+        assert store.count_jobs() == 1
+        # ... another thread does not (it is not part of the block).
+        assert run_threads(1, lambda _: others.append(store.load_job("in-block"))) == []
+    assert others == [None]
+    assert store.load_job("in-block") is not None
+
+
+def test_a_write_waits_for_another_writer(open_store: OpenStore, db_path: Path) -> None:
+    store = open_store(busy_timeout_ms=10_000)
+    holder = raw_connect(db_path)
+    holder.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(0.2, holder.execute, args=("COMMIT",))
+    timer.start()
+    try:
+        assert store.save_job(make_job("waited")) is True
+    finally:
+        timer.join()
+        holder.close()
+    assert store.load_job("waited") is not None
+
+
+def test_a_write_gives_up_after_busy_timeout_with_a_typed_error(
+    open_store: OpenStore, db_path: Path
+) -> None:
+    store = open_store(busy_timeout_ms=100)
+    holder = raw_connect(db_path)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StorageUnavailableError, match="busy_timeout_ms"):
+            store.save_job(make_job("blocked"))
+        with pytest.raises(StorageUnavailableError):
+            with store.transaction():
+                pass
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.load_job("blocked") is None
+    assert store.save_job(make_job("later")) is True
+
+
+@pytest.fixture
+def faulty(db_path: Path) -> Iterator[FaultyStore]:
+    hooks = Hooks(get_plugin_manager(load_entrypoints=False))
+    store = FaultyStore(SqliteOptions.parse(str(db_path), {"busy_timeout_ms": 2000}), hooks=hooks)
+    yield store
+    store.close()
+    assert FAULTS.pending == 0
+
+
+def test_busy_errors_that_skip_the_busy_handler_are_retried(faulty: FaultyStore) -> None:
+    FAULTS.add("INSERT INTO sync_jobs", sqlite3.OperationalError("database is locked"), times=3)
+    FAULTS.add("SELECT", sqlite3.OperationalError("database is locked"), times=2)
+    assert faulty.save_job(make_job("j1")) is True
+    assert faulty.load_job("j1") is not None
+
+
+def test_retrying_stops_after_busy_timeout(db_path: Path) -> None:
+    hooks = Hooks(get_plugin_manager(load_entrypoints=False))
+    store = FaultyStore(SqliteOptions.parse(str(db_path), {"busy_timeout_ms": 50}), hooks=hooks)
+    try:
+        FAULTS.add("UPDATE sync_jobs", sqlite3.OperationalError("database is locked"), times=10**6)
+        store.save_job(make_job("j1"))
+        with pytest.raises(StorageUnavailableError):
+            store.update_job_progress("j1", 10)
+    finally:
+        FAULTS._queue.clear()
+        store.close()
+    assert FAULTS.pending == 0
+
+
+def test_when_every_connection_is_taken_a_call_waits_then_fails_typed(
+    open_store: OpenStore,
+) -> None:
+    store = open_store(pool_size=5, busy_timeout_ms=100)
+    taken = [store._pool.acquire() for _ in range(5)]
+    try:
+        with pytest.raises(StorageUnavailableError, match="pool_size"):
+            store.load_job("x")
+    finally:
+        for conn in taken:
+            store._pool.release(conn)
+    assert store.load_job("x") is None
