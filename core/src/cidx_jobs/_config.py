@@ -11,7 +11,8 @@ from urllib.parse import parse_qsl, urlsplit
 import attrs
 
 from ._models import utcnow
-from .errors import BackendNotFoundError, ConfigError
+from ._validate import check_id
+from .errors import BackendNotFoundError, ConfigError, ValidationError
 
 if TYPE_CHECKING:
     from ._persistence import JobPersistence
@@ -32,12 +33,18 @@ class StoreSettings:
       kept by :meth:`~cidx_jobs.JobPersistence.run_cleanup`; default 7 days.
     * ``checkpoint_max_age`` (option ``checkpoint_max_age_hours``): the oldest
       checkpoint the default resume policy resumes from; default 24 hours.
+    * ``lease_timeout`` (option ``lease_timeout_seconds``): how long a job's
+      owner may go without a heartbeat before recovery takes the job; 300 s.
+    * ``owner_id`` (option of the same name): this store's owner id for job
+      leases; by default ``host:pid:random``.
     * ``clock``: returns the current aware UTC time; tests replace it.
     """
 
     max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
     retention: timedelta = DEFAULT_RETENTION
     checkpoint_max_age: timedelta = timedelta(hours=24)
+    lease_timeout: timedelta = timedelta(minutes=5)
+    owner_id: str | None = None
     clock: Callable[[], datetime] = utcnow
 
 
@@ -267,10 +274,24 @@ def read_settings(options: Options, base: StoreSettings | None = None) -> StoreS
         minimum=0,
         maximum=24 * 36500,
     )
+    lease = options.get_float(
+        "lease_timeout_seconds",
+        base.lease_timeout.total_seconds(),
+        minimum=0.001,
+        maximum=365 * 86400,
+    )
+    owner_id = options.get_str("owner_id", base.owner_id)
+    if owner_id is not None:
+        try:
+            check_id(owner_id, "owner_id")
+        except ValidationError as error:
+            raise ConfigError(f"option 'owner_id' is invalid: {error}", option="owner_id") from None
     return StoreSettings(
         max_metadata_bytes=max_bytes,
         retention=timedelta(days=days),
         checkpoint_max_age=timedelta(hours=hours),
+        lease_timeout=timedelta(seconds=lease),
+        owner_id=owner_id,
         clock=base.clock,
     )
 
