@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 
@@ -19,6 +19,15 @@ if TYPE_CHECKING:
     from ._plugins import Hooks
 
 URL_ENV_VAR = "CIDX_JOBS_URL"
+#: Options every backend accepts; core reads them before the backend sees the rest.
+COMMON_OPTIONS = (
+    "path",
+    "max_metadata_bytes",
+    "retention_days",
+    "checkpoint_max_age_hours",
+    "lease_timeout_seconds",
+    "owner_id",
+)
 DEFAULT_MAX_METADATA_BYTES = 1024 * 1024
 DEFAULT_RETENTION = timedelta(days=7)
 
@@ -38,14 +47,54 @@ class StoreSettings:
     * ``owner_id`` (option of the same name): this store's owner id for job
       leases; by default ``host:pid:random``.
     * ``clock``: returns the current aware UTC time; tests replace it.
+
+    :raises ConfigError: a setting is of the wrong type or out of range.
     """
 
-    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
-    retention: timedelta = DEFAULT_RETENTION
-    checkpoint_max_age: timedelta = timedelta(hours=24)
-    lease_timeout: timedelta = timedelta(minutes=5)
-    owner_id: str | None = None
-    clock: Callable[[], datetime] = utcnow
+    max_metadata_bytes: int = attrs.field(default=DEFAULT_MAX_METADATA_BYTES)
+    retention: timedelta = attrs.field(default=DEFAULT_RETENTION)
+    checkpoint_max_age: timedelta = attrs.field(default=timedelta(hours=24))
+    lease_timeout: timedelta = attrs.field(default=timedelta(minutes=5))
+    owner_id: str | None = attrs.field(default=None)
+    clock: Callable[[], datetime] = attrs.field(default=utcnow)
+
+    @max_metadata_bytes.validator
+    def _check_bytes(self, attribute: attrs.Attribute[int], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise ConfigError(
+                f"{attribute.name} must be an int of at least 2, got {value!r}",
+                option=attribute.name,
+            )
+
+    @lease_timeout.validator
+    def _check_lease(self, attribute: attrs.Attribute[timedelta], value: object) -> None:
+        if not isinstance(value, timedelta) or value <= timedelta(0):
+            raise ConfigError(
+                f"lease_timeout must be a positive timedelta, got {value!r}",
+                option="lease_timeout",
+            )
+
+    @owner_id.validator
+    def _check_owner(self, attribute: attrs.Attribute[str | None], value: object) -> None:
+        if value is not None:
+            try:
+                check_id(value, "owner_id")
+            except ValidationError as error:
+                raise ConfigError(f"owner_id is invalid: {error}", option="owner_id") from None
+
+    @retention.validator
+    @checkpoint_max_age.validator
+    def _check_duration(self, attribute: attrs.Attribute[timedelta], value: object) -> None:
+        if not isinstance(value, timedelta) or value < timedelta(0):
+            raise ConfigError(
+                f"{attribute.name} must be a non-negative timedelta, got {value!r}",
+                option=attribute.name,
+            )
+
+    @clock.validator
+    def _check_clock(self, attribute: attrs.Attribute[object], value: object) -> None:
+        if not callable(value):
+            raise ConfigError(f"clock must be callable, got {value!r}", option="clock")
 
 
 class Options:
@@ -55,10 +104,12 @@ class Options:
     rejects any option left unread (a typo must not be silently ignored).
     """
 
-    def __init__(self, backend: str, values: Mapping[str, object]) -> None:
+    def __init__(
+        self, backend: str, values: Mapping[str, object], known: tuple[str, ...] = ()
+    ) -> None:
         self.backend = backend
         self._values = dict(values)
-        self._known: set[str] = set()
+        self._known: set[str] = set(known)
 
     def _take(self, name: str) -> object | None:
         self._known.add(name)
@@ -192,7 +243,7 @@ class BackendConfig:
 
     def reader(self) -> Options:
         """A fresh :class:`Options` over this backend's options."""
-        return Options(self.backend, self.options)
+        return Options(self.backend, self.options, known=COMMON_OPTIONS)
 
 
 def parse_config(
@@ -231,7 +282,7 @@ def parse_config(
                 raise ConfigError(f"option {key!r} is given twice in the URL", option=key)
             options[key] = value
         # sqlite:///rel.db -> "rel.db", sqlite:////abs.db -> "/abs.db"
-        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
         if parts.netloc:
             options["netloc"] = parts.netloc
         if path:
@@ -281,11 +332,6 @@ def read_settings(options: Options, base: StoreSettings | None = None) -> StoreS
         maximum=365 * 86400,
     )
     owner_id = options.get_str("owner_id", base.owner_id)
-    if owner_id is not None:
-        try:
-            check_id(owner_id, "owner_id")
-        except ValidationError as error:
-            raise ConfigError(f"option 'owner_id' is invalid: {error}", option="owner_id") from None
     return StoreSettings(
         max_metadata_bytes=max_bytes,
         retention=timedelta(days=days),

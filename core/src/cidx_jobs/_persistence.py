@@ -171,15 +171,17 @@ class JobPersistence(abc.ABC):
         Unless the job names an owner, this store instance becomes its owner,
         with a lease starting now (see :meth:`recover_interrupted_jobs`).
 
-        :raises ValidationError: ``job`` is not a SyncJob or its metadata is
-            over the ``max_metadata_bytes`` limit.
+        :raises ValidationError: ``job`` is not a SyncJob, or its metadata is no
+            longer JSON-compatible (the dict was changed after the job was built)
+            or is over the ``max_metadata_bytes`` limit.
         :raises DuplicateJobError: a job with this id exists; it is left unchanged.
         """
         if not isinstance(job, SyncJob):
             raise ValidationError(
                 f"save_job() takes a SyncJob, got {type(job).__name__}", field="job"
             )
-        metadata_json = v.encode_json(job.metadata)
+        # The dict is mutable: check it again, as it may have changed since the job was built.
+        metadata_json = v.encode_json(v.check_json_object(job.metadata, "metadata"))
         v.check_size(metadata_json, self.settings.max_metadata_bytes, "metadata")
         if job.owner_id is None or job.heartbeat_at is None:
             job = _with_lease(job, job.owner_id or self.owner_id, job.heartbeat_at or self._now())
@@ -341,7 +343,7 @@ class JobPersistence(abc.ABC):
         """Store the checkpoint of one phase of a job, replacing that phase's previous one.
 
         The checkpoint policy hook may skip the write (throttling); a skipped
-        write keeps the previous checkpoint and still returns ``True``.
+        write keeps the previous checkpoint and returns ``True`` if the job exists.
 
         :returns: ``False`` if the job does not exist.
         :raises ValidationError: an argument is invalid, or ``data`` is not a
@@ -356,17 +358,22 @@ class JobPersistence(abc.ABC):
         key = (job_id, phase)
         last = self._checkpoint_times.get(key)
         if not self.hooks.checkpoint_should_write(job_id, phase, data, last, now):
-            return True
+            # A read is far cheaper than the write the policy saved.
+            return self._get_job(job_id) is not None
         checkpoint = Checkpoint(job_id=job_id, phase=phase, data=data, created_at=now)
         if not self._upsert_checkpoint(checkpoint, data_json):
             return False
+        # Deferred like an event: a rolled-back write must not count for throttling.
+        self._emit(self._remember_checkpoint, key, now)
+        self._emit(self.hooks.checkpoint_saved, checkpoint)
+        return True
+
+    def _remember_checkpoint(self, key: tuple[str, str], now: datetime) -> None:
         with self._checkpoint_lock:
             # Bounded: the memory only serves throttling, so forgetting is harmless.
             if len(self._checkpoint_times) >= _CHECKPOINT_MEMORY:
                 self._checkpoint_times.clear()
             self._checkpoint_times[key] = now
-        self._emit(self.hooks.checkpoint_saved, checkpoint)
-        return True
 
     def load_checkpoint(self, job_id: str, phase: str) -> dict[str, Any] | None:
         """The data of the checkpoint of this job and phase, or ``None``.

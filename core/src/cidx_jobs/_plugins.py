@@ -75,7 +75,13 @@ def _load_entrypoints(pm: pluggy.PluginManager) -> None:
                 f"the cidx_jobs plugin {name!r} ({entry_point.value}) failed to load: {error}; "
                 f"reinstall it, or block it with {BLOCK_ENV_VAR}={name}"
             ) from error
-        pm.register(plugin, name=name)
+        try:
+            pm.register(plugin, name=name)
+        except (pluggy.PluginValidationError, ValueError) as error:
+            raise PluginError(
+                f"the cidx_jobs plugin {name!r} ({entry_point.value}) is invalid: {error}; "
+                f"fix or uninstall it, or block it with {BLOCK_ENV_VAR}={name}"
+            ) from error
 
 
 class Hooks:

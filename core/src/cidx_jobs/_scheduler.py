@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from datetime import timedelta
@@ -99,7 +98,8 @@ class CleanupScheduler(_Runs):
         self._thread.start()
 
     def stop(self, timeout: float | None = 30.0) -> None:
-        """Ask the thread to stop and wait for it (a cleanup in progress finishes its batch)."""
+        """Ask the thread to stop and wait up to ``timeout`` seconds for it; a cleanup in
+        progress runs to its end first."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -147,6 +147,7 @@ class AsyncCleanupScheduler(_Runs):
     ) -> None:
         super().__init__(store, interval, retention)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def running(self) -> bool:
@@ -156,22 +157,31 @@ class AsyncCleanupScheduler(_Runs):
     async def start(self) -> None:
         """Start the task on the running loop; a second call while running does nothing."""
         if not self.running:
+            self._stopping = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(
                 self._loop(), name="cidx-jobs-cleanup"
             )
 
     async def stop(self) -> None:
-        """Cancel the task and wait for it to end."""
+        """Stop the task, waiting for a cleanup in progress to finish first.
+
+        Waiting matters: the usual next step is closing the store, which would
+        fail a cleanup still running in its worker thread.
+        """
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return
+        self._stopping.set()
+        await task
 
     async def _loop(self) -> None:
         while True:
             await asyncio.to_thread(self.run_once)
-            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+                return
+            except asyncio.TimeoutError:
+                continue
 
     async def __aenter__(self) -> AsyncCleanupScheduler:
         await self.start()

@@ -102,7 +102,7 @@ def _check_json_value(value: object, path: str, depth: int) -> None:
             )
     elif isinstance(value, _JSON_SCALARS):
         return
-    elif isinstance(value, Mapping):
+    elif isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValidationError(
@@ -139,6 +139,8 @@ def encode_json(value: Mapping[str, Any]) -> str:
 
 
 def check_size(encoded: str, limit: int, field: str) -> None:
+    if len(encoded) * 4 <= limit:  # no code point takes more than 4 bytes in UTF-8
+        return
     size = len(encoded.encode("utf-8"))
     if size > limit:
         raise ValidationError(
