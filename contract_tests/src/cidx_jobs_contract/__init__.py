@@ -1,0 +1,168 @@
+"""cidx-jobs-contract: the contract suite every cidx-jobs backend must pass.
+
+The stable public names (a backend's tests rely on exactly these):
+
+* :class:`JobStoreContract`: every contract test; subclass it as ``TestXxx`` in
+  your test module. The individual mixins are exported too (:class:`CrudContract`,
+  :class:`StatusContract`, :class:`QueryContract`, :class:`PaginationContract`,
+  :class:`IsolationContract`, :class:`CleanupContract`, :class:`CheckpointContract`,
+  :class:`TransactionContract`, :class:`ConcurrencyContract`,
+  :class:`RoundTripContract`, :class:`ValidationContract`, :class:`CopyContract`,
+  :class:`EventContract`, :class:`PersistenceContract`, :class:`StatefulContract`),
+  all built on :class:`StoreFixtures`.
+* Fixtures a subclass overrides (pytest fixtures defined as methods):
+
+  - ``store`` (required): yields a fresh, empty :class:`~cidx_jobs.JobPersistence`
+    and closes it afterwards.
+  - ``capabilities`` (optional): returns a :class:`Capabilities` naming the
+    optional behaviour the backend has; default ``Capabilities()``.
+  - ``store_config`` (optional): the URL or mapping that opens the same storage
+    as ``store`` (used to reopen it, and to open it in another process);
+    default ``None``.
+  - ``reopen`` (optional): returns a callable that opens a new store on the
+    storage of ``store``; by default it opens ``store_config``.
+
+* :class:`Capabilities` flags: ``persistent``, ``concurrent_threads``,
+  ``multi_process``. Tests needing an undeclared flag are skipped with a reason
+  naming it.
+* :func:`requires`: the decorator that marks a test as needing flags.
+* :class:`ManualClock`: the clock the suite installs in a store for exact timestamps.
+* :class:`ReferenceModel`: the plain in-Python model the stateful test compares with.
+* ``python -m cidx_jobs_contract URL [pytest args]`` (:func:`main`): runs the
+  whole suite on any installed backend; ``{tmp}`` in the URL becomes a fresh
+  temporary folder for each test.
+
+Example::
+
+    import pytest
+    from cidx_jobs import open_persistence
+    from cidx_jobs_contract import Capabilities, JobStoreContract
+
+    class TestMyBackend(JobStoreContract):
+        @pytest.fixture
+        def store_config(self, tmp_path):
+            return f"mybackend:///{tmp_path}/jobs.db"
+
+        @pytest.fixture
+        def store(self, store_config):
+            with open_persistence(store_config) as store:
+                yield store
+
+        @pytest.fixture
+        def capabilities(self):
+            return Capabilities(persistent=True, multi_process=True)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+#: The modules holding contract tests. pytest rewrites their ``assert`` statements (so a
+#: failure shows the values compared) when they are marked before they are imported.
+ASSERTING_MODULES = tuple(
+    f"{__name__}.{module}"
+    for module in (
+        "_base",
+        "_checkpoints",
+        "_cleanup",
+        "_concurrency",
+        "_contract",
+        "_crud",
+        "_events",
+        "_persistent",
+        "_query",
+        "_roundtrip",
+        "_stateful",
+        "_status",
+        "_transactions",
+    )
+)
+pytest.register_assert_rewrite(*ASSERTING_MODULES)
+
+# Public name -> the module defining it. Imported on first use, so that
+# `python -m cidx_jobs_contract` imports nothing of the suite before pytest starts
+# (which could then neither rewrite its asserts nor load Hypothesis' plugin cleanly).
+_EXPORTS = {
+    "Capabilities": "_capabilities",
+    "CheckpointContract": "_checkpoints",
+    "CleanupContract": "_cleanup",
+    "ConcurrencyContract": "_concurrency",
+    "CopyContract": "_roundtrip",
+    "CrudContract": "_crud",
+    "EventContract": "_events",
+    "IsolationContract": "_query",
+    "JobStoreContract": "_contract",
+    "ManualClock": "_base",
+    "PaginationContract": "_query",
+    "PersistenceContract": "_persistent",
+    "QueryContract": "_query",
+    "ReferenceModel": "_model",
+    "RoundTripContract": "_roundtrip",
+    "StatefulContract": "_stateful",
+    "StatusContract": "_status",
+    "StoreFixtures": "_base",
+    "TransactionContract": "_transactions",
+    "ValidationContract": "_roundtrip",
+    "main": "_cli",
+    "requires": "_capabilities",
+}
+
+if TYPE_CHECKING:
+    from ._base import ManualClock, StoreFixtures
+    from ._capabilities import Capabilities, requires
+    from ._checkpoints import CheckpointContract
+    from ._cleanup import CleanupContract
+    from ._cli import main
+    from ._concurrency import ConcurrencyContract
+    from ._contract import JobStoreContract
+    from ._crud import CrudContract
+    from ._events import EventContract
+    from ._model import ReferenceModel
+    from ._persistent import PersistenceContract
+    from ._query import IsolationContract, PaginationContract, QueryContract
+    from ._roundtrip import CopyContract, RoundTripContract, ValidationContract
+    from ._stateful import StatefulContract
+    from ._status import StatusContract
+    from ._transactions import TransactionContract
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+__all__ = [
+    "Capabilities",
+    "CheckpointContract",
+    "CleanupContract",
+    "ConcurrencyContract",
+    "CopyContract",
+    "CrudContract",
+    "EventContract",
+    "IsolationContract",
+    "JobStoreContract",
+    "ManualClock",
+    "PaginationContract",
+    "PersistenceContract",
+    "QueryContract",
+    "ReferenceModel",
+    "RoundTripContract",
+    "StatefulContract",
+    "StatusContract",
+    "StoreFixtures",
+    "TransactionContract",
+    "ValidationContract",
+    "main",
+    "requires",
+]

@@ -1,0 +1,205 @@
+"""Expiry: delete_expired_jobs and run_cleanup, with exact counts."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from cidx_jobs import ACTIVE_STATUSES, FINISHED_STATUSES, JobPersistence, JobStatus, SyncJob
+from cidx_jobs.errors import ValidationError
+
+from ._base import ManualClock, Snapshot, StoreFixtures, at, new_job, snapshot
+
+NOW = at(days=100)
+WEEK = timedelta(days=7)
+CUTOFF = NOW - WEEK
+
+#: The ids that a cleanup at NOW with a retention of a week deletes.
+EXPIRED = {"old-completed", "old-failed", "old-cancelled", "old-interrupted", "just-expired"}
+#: How many checkpoints the expired jobs hold.
+EXPIRED_CHECKPOINTS = 4
+
+
+def _aged_jobs() -> list[SyncJob]:
+    day = timedelta(days=1)
+    tick = timedelta(microseconds=1)
+
+    def finished(job_id: str, status: JobStatus, created: datetime, done: datetime) -> SyncJob:
+        return new_job(job_id, status=status, created_at=created, completed_at=done)
+
+    return [
+        finished("old-completed", JobStatus.COMPLETED, NOW - 30 * day, NOW - 20 * day),
+        finished("old-failed", JobStatus.FAILED, NOW - 10 * day, NOW - 10 * day),
+        finished("old-cancelled", JobStatus.CANCELLED, NOW - 9 * day, NOW - 8 * day),
+        # never completed: its finish time is its created_at
+        new_job("old-interrupted", status=JobStatus.INTERRUPTED, created_at=NOW - 9 * day),
+        finished("just-expired", JobStatus.COMPLETED, NOW - 9 * day, CUTOFF - tick),
+        # finished exactly at the cutoff: not *before* it, so kept
+        finished("at-cutoff", JobStatus.COMPLETED, NOW - 9 * day, CUTOFF),
+        finished("recent-completed", JobStatus.COMPLETED, NOW - 2 * day, NOW - day),
+        # created long ago but finished recently: completed_at decides
+        finished("long-running", JobStatus.FAILED, NOW - 60 * day, NOW - day),
+        new_job("recent-interrupted", status=JobStatus.INTERRUPTED, created_at=NOW - day),
+        # active jobs are never deleted, however old (even with a stale completed_at)
+        new_job("old-pending", status=JobStatus.PENDING, created_at=NOW - 90 * day),
+        new_job("old-queued", status=JobStatus.QUEUED, created_at=NOW - 90 * day),
+        finished("old-running", JobStatus.RUNNING, NOW - 90 * day, NOW - 80 * day),
+    ]
+
+
+def _fill(store: JobPersistence) -> list[SyncJob]:
+    jobs = _aged_jobs()
+    for job in jobs:
+        store.save_job(job)
+    store.save_checkpoint("old-completed", "git_pull", {"sha": "a1"})
+    store.save_checkpoint("old-completed", "indexing", {"files": 10})
+    store.save_checkpoint("old-failed", "git_pull", {"sha": "b2"})
+    store.save_checkpoint("just-expired", "validation", {"ok": False})
+    store.save_checkpoint("old-pending", "git_pull", {"sha": "c3"})
+    store.save_checkpoint("old-running", "indexing", {"files": 3})
+    store.save_checkpoint("recent-completed", "validation", {"ok": True})
+    return jobs
+
+
+def _assert_only_expired_gone(store: JobPersistence, jobs: list[SyncJob], before: Snapshot) -> None:
+    for job in jobs:
+        if job.id in EXPIRED:
+            assert store.load_job(job.id) is None, f"{job.id} should have been deleted"
+            assert store.list_checkpoints(job.id) == []
+            assert store.load_checkpoint(job.id, "git_pull") is None
+        else:
+            assert store.load_job(job.id) == job, f"{job.id} must be kept unchanged"
+    after = snapshot(store)
+    assert after.checkpoints == {
+        job_id: checkpoints
+        for job_id, checkpoints in before.checkpoints.items()
+        if job_id not in EXPIRED
+    }
+
+
+class CleanupContract(StoreFixtures):
+    """Expired jobs go with their checkpoints; active and recent jobs stay, counts are exact."""
+
+    def test_delete_expired_removes_finished_jobs_and_their_checkpoints(
+        self, store: JobPersistence
+    ) -> None:
+        jobs = _fill(store)
+        before = snapshot(store)
+        assert store.delete_expired_jobs(CUTOFF) == len(EXPIRED)
+        _assert_only_expired_gone(store, jobs, before)
+        assert store.count_jobs() == len(jobs) - len(EXPIRED)
+
+    def test_delete_expired_again_deletes_nothing(self, store: JobPersistence) -> None:
+        _fill(store)
+        store.delete_expired_jobs(CUTOFF)
+        after_first = snapshot(store)
+        assert store.delete_expired_jobs(CUTOFF) == 0
+        assert snapshot(store) == after_first
+
+    def test_delete_expired_never_deletes_an_active_job(self, store: JobPersistence) -> None:
+        jobs = _fill(store)
+        finished = [job for job in jobs if job.status in FINISHED_STATUSES]
+        assert store.delete_expired_jobs(NOW + timedelta(days=3650)) == len(finished)
+        remaining = snapshot(store)
+        assert {job.id for job in remaining.jobs} == {
+            job.id for job in jobs if job.status in ACTIVE_STATUSES
+        }
+        assert remaining.checkpoints["old-pending"][0].data == {"sha": "c3"}
+        assert remaining.checkpoints["old-running"][0].data == {"files": 3}
+
+    def test_delete_expired_on_an_empty_store(self, store: JobPersistence) -> None:
+        assert store.delete_expired_jobs(NOW) == 0
+        assert store.count_jobs() == 0
+
+    def test_delete_expired_compares_instants_in_any_timezone(self, store: JobPersistence) -> None:
+        _fill(store)
+        local = CUTOFF.astimezone(timezone(timedelta(hours=-11)))
+        assert store.delete_expired_jobs(local) == len(EXPIRED)
+
+    def test_delete_expired_rejects_a_naive_cutoff(self, store: JobPersistence) -> None:
+        _fill(store)
+        before = snapshot(store)
+        with pytest.raises(ValidationError):
+            store.delete_expired_jobs(CUTOFF.replace(tzinfo=None))
+        with pytest.raises(ValidationError):
+            store.delete_expired_jobs("2024-01-01")  # type: ignore[arg-type]
+        assert snapshot(store) == before
+
+    def test_a_deleted_id_can_be_reused_without_its_old_checkpoints(
+        self, store: JobPersistence
+    ) -> None:
+        _fill(store)
+        store.delete_expired_jobs(CUTOFF)
+        reborn = new_job("old-completed", user="bob", created_at=NOW)
+        store.save_job(reborn)
+        assert store.load_job("old-completed") == reborn
+        assert store.list_checkpoints("old-completed") == []
+        assert store.load_checkpoint("old-completed", "git_pull") is None
+
+    def test_delete_expired_logs_the_count(
+        self, store: JobPersistence, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        _fill(store)
+        with caplog.at_level(logging.INFO, logger="cidx_jobs"):
+            store.delete_expired_jobs(CUTOFF)
+        messages = [r.getMessage() for r in caplog.records if r.name.startswith("cidx_jobs")]
+        assert any(str(len(EXPIRED)) in message for message in messages), messages
+
+    def test_run_cleanup_with_now_and_retention(self, store: JobPersistence) -> None:
+        jobs = _fill(store)
+        before = snapshot(store)
+        report = store.run_cleanup(NOW, retention=WEEK)
+        assert (report.jobs_deleted, report.checkpoints_deleted, report.dry_run) == (
+            len(EXPIRED),
+            EXPIRED_CHECKPOINTS,
+            False,
+        )
+        assert dict(report.cutoffs) == dict.fromkeys(FINISHED_STATUSES, CUTOFF)
+        _assert_only_expired_gone(store, jobs, before)
+
+    def test_run_cleanup_dry_run_counts_and_deletes_nothing(self, store: JobPersistence) -> None:
+        _fill(store)
+        before = snapshot(store)
+        report = store.run_cleanup(NOW, retention=WEEK, dry_run=True)
+        assert (report.jobs_deleted, report.checkpoints_deleted, report.dry_run) == (
+            len(EXPIRED),
+            EXPIRED_CHECKPOINTS,
+            True,
+        )
+        assert snapshot(store) == before
+
+    def test_run_cleanup_uses_the_store_clock_and_configured_retention(
+        self, store: JobPersistence, clock: ManualClock
+    ) -> None:
+        retention = store.settings.retention
+        tick = timedelta(seconds=1)
+        clock.set(NOW)
+        store.save_job(
+            new_job("expired", status=JobStatus.FAILED, completed_at=NOW - retention - tick)
+        )
+        store.save_job(
+            new_job("kept", status=JobStatus.FAILED, completed_at=NOW - retention + tick)
+        )
+        store.save_checkpoint("expired", "git_pull", {})
+        report = store.run_cleanup()
+        assert (report.jobs_deleted, report.checkpoints_deleted) == (1, 1)
+        assert store.load_job("expired") is None
+        assert store.load_job("kept") is not None
+
+    def test_run_cleanup_with_zero_retention(self, store: JobPersistence) -> None:
+        _fill(store)
+        report = store.run_cleanup(NOW, retention=timedelta(0))
+        finished = [job for job in _aged_jobs() if job.status in FINISHED_STATUSES]
+        assert report.jobs_deleted == len(finished)
+        assert {job.status for job in snapshot(store).jobs} <= ACTIVE_STATUSES
+
+    def test_run_cleanup_rejects_bad_arguments(self, store: JobPersistence) -> None:
+        _fill(store)
+        before = snapshot(store)
+        with pytest.raises(ValidationError):
+            store.run_cleanup(NOW.replace(tzinfo=None))
+        with pytest.raises(ValidationError):
+            store.run_cleanup(NOW, retention=timedelta(days=-1))
+        assert snapshot(store) == before

@@ -1,0 +1,38 @@
+"""JobStoreContract: every mixin of the suite in one class."""
+
+from __future__ import annotations
+
+from ._checkpoints import CheckpointContract
+from ._cleanup import CleanupContract
+from ._concurrency import ConcurrencyContract
+from ._crud import CrudContract
+from ._events import EventContract
+from ._persistent import PersistenceContract
+from ._query import IsolationContract, PaginationContract, QueryContract
+from ._roundtrip import CopyContract, RoundTripContract, ValidationContract
+from ._stateful import StatefulContract
+from ._status import StatusContract
+from ._transactions import TransactionContract
+
+
+class JobStoreContract(
+    CrudContract,
+    StatusContract,
+    QueryContract,
+    PaginationContract,
+    IsolationContract,
+    CleanupContract,
+    CheckpointContract,
+    TransactionContract,
+    ConcurrencyContract,
+    RoundTripContract,
+    ValidationContract,
+    CopyContract,
+    EventContract,
+    PersistenceContract,
+    StatefulContract,
+):
+    """Every contract test. Subclass it as ``Test...`` in a backend's tests and override ``store``.
+
+    The class has no ``Test`` prefix, so pytest never collects it on its own.
+    """

@@ -1,0 +1,147 @@
+"""How a backend plugs into the suite: the fixtures it overrides and the capabilities it declares."""
+
+from __future__ import annotations
+
+import pytest
+
+# Imported before pytester's snapshot of sys.modules, so that inner runs reuse them
+# instead of importing (and assertion-rewriting) them again.
+import cidx_jobs_memory  # noqa: F401
+from cidx_jobs_contract import Capabilities, CrudContract, JobStoreContract, requires
+from cidx_jobs_contract._capabilities import required_by, skip_reason
+
+pytest_plugins = ["pytester"]
+
+_HEADER = """
+import pytest
+from cidx_jobs import open_persistence
+from cidx_jobs_contract import Capabilities, CrudContract, JobStoreContract, PersistenceContract
+
+"""
+
+
+def _run(pytester: pytest.Pytester, body: str, *arguments: str) -> pytest.RunResult:
+    pytester.makepyfile(test_backend=_HEADER + body)
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs", *arguments)
+
+
+def test_a_subclass_that_does_not_override_store_is_told_how(pytester: pytest.Pytester) -> None:
+    assert "test_load_of_an_unknown_id_returns_none" in dir(JobStoreContract)
+    result = _run(
+        pytester,
+        "class TestNoStore(JobStoreContract):\n    pass\n",
+        "-k",
+        "test_load_of_an_unknown_id",
+    )
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*TestNoStore must override the `store` fixture*"])
+
+
+def test_only_the_subclass_is_collected(pytester: pytest.Pytester) -> None:
+    result = _run(
+        pytester,
+        """
+class TestCrudOnly(CrudContract):
+    @pytest.fixture
+    def store(self):
+        with open_persistence("memory://") as store:
+            yield store
+""",
+    )
+    # the imported mixins themselves are not collected: only the subclass's tests run
+    names = [name for name in dir(CrudContract) if name.startswith("test_")]
+    result.assert_outcomes(passed=len(names))
+
+
+def test_a_missing_capability_skips_visibly_naming_it(pytester: pytest.Pytester) -> None:
+    result = _run(
+        pytester,
+        """
+class TestSingleThreaded(JobStoreContract):
+    @pytest.fixture
+    def store(self):
+        with open_persistence("memory://") as store:
+            yield store
+
+    @pytest.fixture
+    def capabilities(self):
+        return Capabilities(concurrent_threads=False)
+""",
+        "-k",
+        "threads or test_compare_and_set_has_exactly_one_winner",
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes["skipped"] >= 3
+    assert "passed" not in outcomes
+    result.stdout.fnmatch_lines(["SKIPPED*needs capability 'concurrent_threads'*"])
+
+
+def test_declaring_persistent_without_a_way_to_reopen_fails_helpfully(
+    pytester: pytest.Pytester,
+) -> None:
+    result = _run(
+        pytester,
+        """
+class TestClaimsPersistence(PersistenceContract):
+    @pytest.fixture
+    def store(self):
+        with open_persistence("memory://") as store:
+            yield store
+
+    @pytest.fixture
+    def capabilities(self):
+        return Capabilities(persistent=True)
+""",
+        "-k",
+        "survives",
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*override the `store_config` fixture*"])
+
+
+def test_a_capabilities_fixture_of_the_wrong_type_is_an_error(pytester: pytest.Pytester) -> None:
+    result = _run(
+        pytester,
+        """
+class TestWrongCapabilities(CrudContract):
+    @pytest.fixture
+    def store(self):
+        with open_persistence("memory://") as store:
+            yield store
+
+    @pytest.fixture
+    def capabilities(self):
+        return {"persistent": True}
+""",
+        "-k",
+        "test_load_of_an_unknown_id",
+    )
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*return a cidx_jobs_contract.Capabilities*"])
+
+
+def test_capabilities_name_and_describe_every_flag() -> None:
+    assert Capabilities.names() == ("persistent", "concurrent_threads", "multi_process")
+    for name in Capabilities.names():
+        assert Capabilities.describe(name)
+    with pytest.raises(ValueError, match="flying"):
+        Capabilities.describe("flying")
+    assert Capabilities().missing(["persistent", "concurrent_threads"]) == ["persistent"]
+    assert Capabilities(persistent=True, concurrent_threads=False).missing(
+        ["persistent", "concurrent_threads"]
+    ) == ["concurrent_threads"]
+
+
+def test_requires_marks_tests_and_refuses_unknown_flags() -> None:
+    @requires("persistent")
+    @requires("multi_process")
+    def test_something() -> None:
+        """A marked test."""
+
+    assert set(required_by(test_something)) == {"persistent", "multi_process"}
+    assert required_by(lambda: None) == ()
+    with pytest.raises(ValueError, match="flying"):
+        requires("flying")
+    reason = skip_reason(["persistent", "multi_process"])
+    assert "'persistent'" in reason
+    assert "'multi_process'" in reason
