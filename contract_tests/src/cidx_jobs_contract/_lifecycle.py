@@ -10,6 +10,8 @@ import pytest
 from cidx_jobs import JobPersistence, JobStatus, SyncJob, hookimpl, utcnow
 from cidx_jobs.errors import ValidationError
 
+from ._base import StoreFixtures
+
 LONG_AGO = datetime(2020, 1, 1, tzinfo=timezone.utc)
 LEASE = timedelta(minutes=5)
 
@@ -29,8 +31,8 @@ def _orphan(store: JobPersistence, job_id: str, status: JobStatus, owner: str = 
     )
 
 
-class LifecycleContract:
-    """Ownership and recovery: what makes jobs survive a restart."""
+class LifecycleContract(StoreFixtures):
+    """Ownership, leases and restart recovery: what makes jobs survive a restart."""
 
     def test_save_makes_the_store_the_owner(self, store: JobPersistence) -> None:
         before = utcnow()

@@ -161,7 +161,8 @@ class SyncJob:
     ``owner_id`` and ``heartbeat_at`` are the lease the store manages: the
     store instance that saved the job or last started it running owns it, and
     :meth:`JobPersistence.heartbeat` renews the lease. Leave them ``None``
-    when creating a job; :meth:`JobPersistence.save_job` fills them in.
+    when creating a job; :meth:`JobPersistence.save_job` fills them in. They
+    take no part in equality.
     Change a job with :func:`attrs.evolve`, which validates again.
 
     :raises ValidationError: a field is invalid.
@@ -178,8 +179,14 @@ class SyncJob:
     completed_at: datetime | None = _optional_utc("completed_at")
     error_message: str | None = _optional_text("error_message")
     metadata: dict[str, Any] = _json_object("metadata")
-    owner_id: str | None = _optional_id("owner_id")
-    heartbeat_at: datetime | None = _optional_utc("heartbeat_at")
+    # The lease is the store's bookkeeping, not the job's content: equality
+    # ignores it, so a job saved and loaded again still compares equal.
+    owner_id: str | None = attrs.field(
+        default=None, eq=False, converter=_optional_id("owner_id").converter
+    )
+    heartbeat_at: datetime | None = attrs.field(
+        default=None, eq=False, converter=_optional_utc("heartbeat_at").converter
+    )
 
     @classmethod
     def create(
