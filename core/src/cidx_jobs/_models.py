@@ -141,6 +141,14 @@ def _json_object(field: str) -> Any:
     return attrs.field(factory=dict, converter=convert, hash=False)
 
 
+def _owner_id(value: object) -> str | None:
+    return None if value is None else v.check_id(value, "owner_id")
+
+
+def _heartbeat_at(value: object) -> datetime | None:
+    return v.to_optional_utc(value, "heartbeat_at")
+
+
 def _status(value: object) -> JobStatus:
     return JobStatus.parse(value)
 
@@ -181,12 +189,8 @@ class SyncJob:
     metadata: dict[str, Any] = _json_object("metadata")
     # The lease is the store's bookkeeping, not the job's content: equality
     # ignores it, so a job saved and loaded again still compares equal.
-    owner_id: str | None = attrs.field(
-        default=None, eq=False, converter=_optional_id("owner_id").converter
-    )
-    heartbeat_at: datetime | None = attrs.field(
-        default=None, eq=False, converter=_optional_utc("heartbeat_at").converter
-    )
+    owner_id: str | None = attrs.field(default=None, eq=False, converter=_owner_id)
+    heartbeat_at: datetime | None = attrs.field(default=None, eq=False, converter=_heartbeat_at)
 
     @classmethod
     def create(
