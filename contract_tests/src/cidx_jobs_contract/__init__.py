@@ -8,7 +8,8 @@ The stable public names (a backend's tests rely on exactly these):
   :class:`IsolationContract`, :class:`CleanupContract`, :class:`CheckpointContract`,
   :class:`TransactionContract`, :class:`ConcurrencyContract`,
   :class:`RoundTripContract`, :class:`ValidationContract`, :class:`CopyContract`,
-  :class:`EventContract`, :class:`PersistenceContract`, :class:`StatefulContract`),
+  :class:`EventContract`, :class:`PersistenceContract`, :class:`StatefulContract`,
+  :class:`LifecycleContract`),
   all built on :class:`StoreFixtures`.
 * Fixtures a subclass overrides (pytest fixtures defined as methods):
 
@@ -72,6 +73,7 @@ ASSERTING_MODULES = tuple(
         "_contract",
         "_crud",
         "_events",
+        "_lifecycle",
         "_persistent",
         "_query",
         "_roundtrip",
@@ -95,6 +97,7 @@ _EXPORTS = {
     "EventContract": "_events",
     "IsolationContract": "_query",
     "JobStoreContract": "_contract",
+    "LifecycleContract": "_lifecycle",
     "ManualClock": "_base",
     "PaginationContract": "_query",
     "PersistenceContract": "_persistent",
@@ -120,6 +123,7 @@ if TYPE_CHECKING:
     from ._contract import JobStoreContract
     from ._crud import CrudContract
     from ._events import EventContract
+    from ._lifecycle import LifecycleContract
     from ._model import ReferenceModel
     from ._persistent import PersistenceContract
     from ._query import IsolationContract, PaginationContract, QueryContract
@@ -152,6 +156,7 @@ __all__ = [
     "EventContract",
     "IsolationContract",
     "JobStoreContract",
+    "LifecycleContract",
     "ManualClock",
     "PaginationContract",
     "PersistenceContract",

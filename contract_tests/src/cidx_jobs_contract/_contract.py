@@ -7,6 +7,7 @@ from ._cleanup import CleanupContract
 from ._concurrency import ConcurrencyContract
 from ._crud import CrudContract
 from ._events import EventContract
+from ._lifecycle import LifecycleContract
 from ._persistent import PersistenceContract
 from ._query import IsolationContract, PaginationContract, QueryContract
 from ._roundtrip import CopyContract, RoundTripContract, ValidationContract
@@ -31,6 +32,7 @@ class JobStoreContract(
     EventContract,
     PersistenceContract,
     StatefulContract,
+    LifecycleContract,
 ):
     """Every contract test. Subclass it as ``Test...`` in a backend's tests and override ``store``.
 

@@ -25,6 +25,8 @@ from ._models import (
     JobFilter,
     JobPage,
     JobStatus,
+    RecoveryReport,
+    ResumePoint,
     SyncJob,
     utcnow,
 )
@@ -53,6 +55,8 @@ __all__ = [
     "JobPersistence",
     "JobStatus",
     "Options",
+    "RecoveryReport",
+    "ResumePoint",
     "StatusChange",
     "StoreSettings",
     "SyncJob",

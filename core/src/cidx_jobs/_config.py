@@ -11,7 +11,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import attrs
 
 from ._models import utcnow
-from .errors import BackendNotFoundError, ConfigError
+from ._validate import check_id
+from .errors import BackendNotFoundError, ConfigError, ValidationError
 
 if TYPE_CHECKING:
     from ._persistence import JobPersistence
@@ -24,6 +25,8 @@ COMMON_OPTIONS = (
     "max_metadata_bytes",
     "retention_days",
     "checkpoint_max_age_hours",
+    "lease_timeout_seconds",
+    "owner_id",
 )
 DEFAULT_MAX_METADATA_BYTES = 1024 * 1024
 DEFAULT_RETENTION = timedelta(days=7)
@@ -39,6 +42,10 @@ class StoreSettings:
       kept by :meth:`~cidx_jobs.JobPersistence.run_cleanup`; default 7 days.
     * ``checkpoint_max_age`` (option ``checkpoint_max_age_hours``): the oldest
       checkpoint the default resume policy resumes from; default 24 hours.
+    * ``lease_timeout`` (option ``lease_timeout_seconds``): how long a job's
+      owner may go without a heartbeat before recovery takes the job; 300 s.
+    * ``owner_id`` (option of the same name): this store's owner id for job
+      leases; by default ``host:pid:random``.
     * ``clock``: returns the current aware UTC time; tests replace it.
 
     :raises ConfigError: a setting is of the wrong type or out of range.
@@ -47,6 +54,8 @@ class StoreSettings:
     max_metadata_bytes: int = attrs.field(default=DEFAULT_MAX_METADATA_BYTES)
     retention: timedelta = attrs.field(default=DEFAULT_RETENTION)
     checkpoint_max_age: timedelta = attrs.field(default=timedelta(hours=24))
+    lease_timeout: timedelta = attrs.field(default=timedelta(minutes=5))
+    owner_id: str | None = attrs.field(default=None)
     clock: Callable[[], datetime] = attrs.field(default=utcnow)
 
     @max_metadata_bytes.validator
@@ -56,6 +65,22 @@ class StoreSettings:
                 f"{attribute.name} must be an int of at least 2, got {value!r}",
                 option=attribute.name,
             )
+
+    @lease_timeout.validator
+    def _check_lease(self, attribute: attrs.Attribute[timedelta], value: object) -> None:
+        if not isinstance(value, timedelta) or value <= timedelta(0):
+            raise ConfigError(
+                f"lease_timeout must be a positive timedelta, got {value!r}",
+                option="lease_timeout",
+            )
+
+    @owner_id.validator
+    def _check_owner(self, attribute: attrs.Attribute[str | None], value: object) -> None:
+        if value is not None:
+            try:
+                check_id(value, "owner_id")
+            except ValidationError as error:
+                raise ConfigError(f"owner_id is invalid: {error}", option="owner_id") from None
 
     @retention.validator
     @checkpoint_max_age.validator
@@ -300,10 +325,19 @@ def read_settings(options: Options, base: StoreSettings | None = None) -> StoreS
         minimum=0,
         maximum=24 * 36500,
     )
+    lease = options.get_float(
+        "lease_timeout_seconds",
+        base.lease_timeout.total_seconds(),
+        minimum=0.001,
+        maximum=365 * 86400,
+    )
+    owner_id = options.get_str("owner_id", base.owner_id)
     return StoreSettings(
         max_metadata_bytes=max_bytes,
         retention=timedelta(days=days),
         checkpoint_max_age=timedelta(hours=hours),
+        lease_timeout=timedelta(seconds=lease),
+        owner_id=owner_id,
         clock=base.clock,
     )
 

@@ -25,6 +25,8 @@ __all__ = [
     "JobFilter",
     "JobPage",
     "JobStatus",
+    "RecoveryReport",
+    "ResumePoint",
     "SyncJob",
 ]
 
@@ -139,6 +141,14 @@ def _json_object(field: str) -> Any:
     return attrs.field(factory=dict, converter=convert, hash=False)
 
 
+def _owner_id(value: object) -> str | None:
+    return None if value is None else v.check_id(value, "owner_id")
+
+
+def _heartbeat_at(value: object) -> datetime | None:
+    return v.to_optional_utc(value, "heartbeat_at")
+
+
 def _status(value: object) -> JobStatus:
     return JobStatus.parse(value)
 
@@ -155,6 +165,12 @@ class SyncJob:
     Every field is validated on construction: ids are non-empty strings,
     ``progress`` is an int in 0..100, datetimes are timezone-aware (and are
     converted to UTC), ``metadata`` is a JSON-compatible dict.
+
+    ``owner_id`` and ``heartbeat_at`` are the lease the store manages: the
+    store instance that saved the job or last started it running owns it, and
+    :meth:`JobPersistence.heartbeat` renews the lease. Leave them ``None``
+    when creating a job; :meth:`JobPersistence.save_job` fills them in. They
+    take no part in equality.
     Change a job with :func:`attrs.evolve`, which validates again.
 
     :raises ValidationError: a field is invalid.
@@ -171,6 +187,10 @@ class SyncJob:
     completed_at: datetime | None = _optional_utc("completed_at")
     error_message: str | None = _optional_text("error_message")
     metadata: dict[str, Any] = _json_object("metadata")
+    # The lease is the store's bookkeeping, not the job's content: equality
+    # ignores it, so a job saved and loaded again still compares equal.
+    owner_id: str | None = attrs.field(default=None, eq=False, converter=_owner_id)
+    heartbeat_at: datetime | None = attrs.field(default=None, eq=False, converter=_heartbeat_at)
 
     @classmethod
     def create(
@@ -211,6 +231,8 @@ class SyncJob:
         completed_at: datetime | None,
         error_message: str | None,
         metadata: dict[str, Any],
+        owner_id: str | None = None,
+        heartbeat_at: datetime | None = None,
     ) -> SyncJob:
         """Build a job from values a backend stored after validating them.
 
@@ -230,6 +252,8 @@ class SyncJob:
         set_(job, "completed_at", completed_at)
         set_(job, "error_message", error_message)
         set_(job, "metadata", metadata)
+        set_(job, "owner_id", owner_id)
+        set_(job, "heartbeat_at", heartbeat_at)
         return job
 
 
@@ -434,6 +458,28 @@ class CleanupPolicy:
         """
         now = v.to_utc(now, "now")
         return {status: now - keep for status, keep in self.retention.items()}
+
+
+@attrs.frozen(kw_only=True)
+class ResumePoint:
+    """An interrupted job and the checkpoint it resumes from (``None``: start over)."""
+
+    job: SyncJob
+    checkpoint: Checkpoint | None
+
+
+@attrs.frozen(kw_only=True)
+class RecoveryReport:
+    """What :meth:`JobPersistence.recover_interrupted_jobs` found.
+
+    ``interrupted``: jobs that were running under an owner whose lease expired;
+    they are now ``interrupted`` and owned by the recovering store.
+    ``requeue``: pending and queued jobs of dead owners; they keep their status
+    and are now owned by the recovering store, which should queue them again.
+    """
+
+    interrupted: list[ResumePoint]
+    requeue: list[SyncJob]
 
 
 @attrs.frozen(kw_only=True)

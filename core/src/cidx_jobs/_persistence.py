@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
+import secrets
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -24,6 +27,8 @@ from ._models import (
     JobFilter,
     JobPage,
     JobStatus,
+    RecoveryReport,
+    ResumePoint,
     SyncJob,
 )
 from ._plugins import Hooks
@@ -32,6 +37,7 @@ from .errors import JobNotFoundError, ValidationError
 logger = logging.getLogger("cidx_jobs")
 
 _CHECKPOINT_MEMORY = 10_000
+_RECOVERY_BATCH = 500
 
 
 @attrs.frozen(kw_only=True)
@@ -48,12 +54,15 @@ class StatusChange:
       non-terminal one (kept when moving between terminal statuses) and
       cleared on moving to an active status.
     * ``error_message`` replaces the stored one when given, else is kept.
+    * A move to running with an ``owner`` records that owner and ``now`` as
+      the job's lease (``owner_id``, ``heartbeat_at``).
     """
 
     status: JobStatus
     error_message: str | None
     expected: frozenset[JobStatus] | None
     now: datetime
+    owner: str | None = None
 
     def allowed_from(self, current: JobStatus) -> bool:
         """Whether the change applies to a job whose status is ``current``."""
@@ -74,8 +83,11 @@ class StatusChange:
                 completed_at = self.now
         elif self.status in ACTIVE_STATUSES:
             completed_at = None
+        takes_lease = self.status is JobStatus.RUNNING and self.owner is not None
         return attrs.evolve(
             job,
+            owner_id=self.owner if takes_lease else job.owner_id,
+            heartbeat_at=self.now if takes_lease else job.heartbeat_at,
             status=self.status,
             started_at=started_at,
             completed_at=completed_at,
@@ -83,6 +95,27 @@ class StatusChange:
             if self.error_message is not None
             else job.error_message,
         )
+
+
+def _with_lease(
+    job: SyncJob, owner: str, heartbeat_at: datetime, status: JobStatus | None = None
+) -> SyncJob:
+    # The job is validated already; rebuilding it unvalidated keeps save_job cheap.
+    return SyncJob.from_trusted(
+        id=job.id,
+        user_id=job.user_id,
+        project_id=job.project_id,
+        status=job.status if status is None else status,
+        progress=job.progress,
+        phase=job.phase,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        completed_at=job.completed_at,
+        error_message=job.error_message,
+        metadata=job.metadata,
+        owner_id=owner,
+        heartbeat_at=heartbeat_at,
+    )
 
 
 def _expected(
@@ -125,11 +158,18 @@ class JobPersistence(abc.ABC):
         self._local = threading.local()
         self._checkpoint_times: dict[tuple[str, str], datetime] = {}
         self._checkpoint_lock = threading.Lock()
+        #: Who this store instance is, for job leases: host, process and a random part.
+        self.owner_id: str = self.settings.owner_id or (
+            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        )
 
     # -- the public API --------------------------------------------------------------
 
     def save_job(self, job: SyncJob) -> bool:
         """Store a new job; returns ``True``.
+
+        Unless the job names an owner, this store instance becomes its owner,
+        with a lease starting now (see :meth:`recover_interrupted_jobs`).
 
         :raises ValidationError: ``job`` is not a SyncJob, or its metadata is no
             longer JSON-compatible (the dict was changed after the job was built)
@@ -143,6 +183,8 @@ class JobPersistence(abc.ABC):
         # The dict is mutable: check it again, as it may have changed since the job was built.
         metadata_json = v.encode_json(v.check_json_object(job.metadata, "metadata"))
         v.check_size(metadata_json, self.settings.max_metadata_bytes, "metadata")
+        if job.owner_id is None or job.heartbeat_at is None:
+            job = _with_lease(job, job.owner_id or self.owner_id, job.heartbeat_at or self._now())
         self._insert_job(job, metadata_json)
         self._emit(self.hooks.job_saved, job)
         return True
@@ -170,7 +212,8 @@ class JobPersistence(abc.ABC):
         or a set of them) it is a compare-and-set that applies only when the
         current status is one of them; name the current status to retry a
         finished job deliberately. ``started_at`` is set on the first move to
-        running; ``completed_at`` on entering a terminal status. See
+        running; ``completed_at`` on entering a terminal status. A move to
+        running makes this store the job's owner and starts its lease. See
         :class:`StatusChange` for the exact rules.
 
         :returns: ``False`` for an unknown id or a change that does not apply.
@@ -181,6 +224,7 @@ class JobPersistence(abc.ABC):
             error_message=v.check_optional_text(error_message, "error_message"),
             expected=_expected(expected),
             now=self._now(),
+            owner=self.owner_id,
         )
         changed = self._set_status(v.check_id(job_id, "job_id"), change)
         if changed:
@@ -363,6 +407,75 @@ class JobPersistence(abc.ABC):
             job, self._get_checkpoints(job.id), self._now(), self.settings.checkpoint_max_age
         )
 
+    def heartbeat(self) -> int:
+        """Renew the lease of every active job this store owns; returns how many.
+
+        Call it more often than the ``lease_timeout`` that
+        :meth:`recover_interrupted_jobs` uses, e.g. from the worker's progress loop.
+        """
+        return self._renew_leases(self.owner_id, self._now())
+
+    def recover_interrupted_jobs(self, lease_timeout: timedelta | None = None) -> RecoveryReport:
+        """Take over the jobs of owners whose lease expired; call it at server start.
+
+        Jobs that were running under an owner whose last heartbeat is older
+        than ``lease_timeout`` become ``interrupted`` and come back with the
+        checkpoint to resume from (chosen by the resume policy hook). Pending
+        and queued jobs of such owners keep their status and come back for
+        re-queueing. Every take-over is a compare-and-set on the job's status,
+        owner and heartbeat, so the jobs of a live sibling process (which keeps
+        heartbeating) are never touched, and when several processes recover at
+        once each job goes to exactly one of them. This store's own jobs are
+        never taken.
+
+        :param lease_timeout: how long an owner may stay silent; default the
+            store's ``lease_timeout`` setting (option ``lease_timeout_seconds``, 300 s).
+        :raises ValidationError: ``lease_timeout`` is not a positive timedelta.
+        :raises PluginError: a resume policy returned something invalid.
+        """
+        if lease_timeout is None:
+            lease_timeout = self.settings.lease_timeout
+        elif not isinstance(lease_timeout, timedelta) or lease_timeout <= timedelta(0):
+            raise ValidationError(
+                "lease_timeout must be a positive timedelta", field="lease_timeout"
+            )
+        now = self._now()
+        interrupted: list[ResumePoint] = []
+        requeue: list[SyncJob] = []
+        seen: set[str] = set()
+        while True:
+            stale = [
+                job
+                for job in self._find_stale(now - lease_timeout, self.owner_id, _RECOVERY_BATCH)
+                if job.id not in seen
+            ]
+            if not stale:
+                break
+            for job in stale:
+                seen.add(job.id)
+                if job.status is JobStatus.RUNNING:
+                    if self._take_over(job, JobStatus.INTERRUPTED, self.owner_id, now):
+                        self._emit(
+                            self.hooks.status_changed, job.id, JobStatus.INTERRUPTED, None, now
+                        )
+                        taken = _with_lease(job, self.owner_id, now, JobStatus.INTERRUPTED)
+                        checkpoint = self.hooks.resume_checkpoint(
+                            taken,
+                            self._get_checkpoints(job.id),
+                            now,
+                            self.settings.checkpoint_max_age,
+                        )
+                        interrupted.append(ResumePoint(job=taken, checkpoint=checkpoint))
+                elif self._take_over(job, job.status, self.owner_id, now):
+                    requeue.append(_with_lease(job, self.owner_id, now))
+        if interrupted or requeue:
+            logger.warning(
+                "recovered %d interrupted job(s) and %d job(s) to re-queue from dead owners",
+                len(interrupted),
+                len(requeue),
+            )
+        return RecoveryReport(interrupted=interrupted, requeue=requeue)
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """A block whose calls (from this thread) commit together or, on an exception, not at all.
@@ -482,6 +595,21 @@ class JobPersistence(abc.ABC):
     @abc.abstractmethod
     def _get_checkpoints(self, job_id: str) -> list[Checkpoint]:
         """The job's checkpoints ordered by ``created_at``, then phase."""
+
+    @abc.abstractmethod
+    def _renew_leases(self, owner: str, now: datetime) -> int:
+        """Set ``heartbeat_at = now`` on every active job of ``owner``; returns how many."""
+
+    @abc.abstractmethod
+    def _find_stale(self, before: datetime, exclude_owner: str, limit: int) -> list[SyncJob]:
+        """At most ``limit`` active jobs whose owner is not ``exclude_owner`` and whose
+        ``heartbeat_at`` is ``None`` or before ``before``."""
+
+    @abc.abstractmethod
+    def _take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
+        """Atomically, if the stored job still has ``job``'s status, ``owner_id`` and
+        ``heartbeat_at``, set its status, ``owner_id = owner`` and ``heartbeat_at = now``;
+        ``False`` if anything changed meanwhile (another recoverer won)."""
 
     @abc.abstractmethod
     def _begin(self) -> AbstractContextManager[None]:

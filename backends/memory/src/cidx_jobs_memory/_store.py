@@ -9,7 +9,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 
+import attrs
+
 from cidx_jobs import (
+    ACTIVE_STATUSES,
     BackendConfig,
     Checkpoint,
     Hooks,
@@ -131,6 +134,8 @@ class MemoryJobStore(JobPersistence):
             completed_at=job.completed_at,
             error_message=job.error_message,
             metadata=json.loads(metadata_json),
+            owner_id=job.owner_id,
+            heartbeat_at=job.heartbeat_at,
         )
 
     # -- primitives --------------------------------------------------------------------
@@ -177,6 +182,8 @@ class MemoryJobStore(JobPersistence):
                     completed_at=job.completed_at,
                     error_message=job.error_message,
                     metadata=job.metadata,
+                    owner_id=job.owner_id,
+                    heartbeat_at=job.heartbeat_at,
                 ),
                 row[1],
             )
@@ -277,6 +284,45 @@ class MemoryJobStore(JobPersistence):
                     phases.items(), key=lambda item: (item[1][0], item[0])
                 )
             ]
+
+    def _renew_leases(self, owner: str, now: datetime) -> int:
+        with self._locked():
+            mine = [
+                row
+                for row in self._jobs.values()
+                if row[0].owner_id == owner and row[0].status in ACTIVE_STATUSES
+            ]
+            for job, metadata_json in mine:
+                self._put(attrs.evolve(job, heartbeat_at=now), metadata_json)
+            return len(mine)
+
+    def _find_stale(self, before: datetime, exclude_owner: str, limit: int) -> list[SyncJob]:
+        with self._locked():
+            stale = [
+                self._decode(job, metadata_json)
+                for job, metadata_json in self._jobs.values()
+                if job.status in ACTIVE_STATUSES
+                and job.owner_id != exclude_owner
+                and (job.heartbeat_at is None or job.heartbeat_at < before)
+            ]
+            return stale[:limit]
+
+    def _take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
+        with self._locked():
+            row = self._jobs.get(job.id)
+            if row is None:
+                return False
+            current = row[0]
+            if (current.status, current.owner_id, current.heartbeat_at) != (
+                job.status,
+                job.owner_id,
+                job.heartbeat_at,
+            ):
+                return False
+            self._put(
+                attrs.evolve(current, status=status, owner_id=owner, heartbeat_at=now), row[1]
+            )
+            return True
 
     @contextmanager
     def _begin(self) -> Iterator[None]:
