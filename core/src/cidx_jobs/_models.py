@@ -269,6 +269,22 @@ class Checkpoint:
     data: dict[str, Any] = _json_object("data")
     created_at: datetime = _created_at()
 
+    @classmethod
+    def from_trusted(
+        cls, *, job_id: str, phase: str, data: dict[str, Any], created_at: datetime
+    ) -> Checkpoint:
+        """Build a checkpoint from values a backend stored after validating them.
+
+        Skips validation, like :meth:`SyncJob.from_trusted`; never pass it user input.
+        """
+        checkpoint = object.__new__(cls)
+        set_ = object.__setattr__
+        set_(checkpoint, "job_id", job_id)
+        set_(checkpoint, "phase", phase)
+        set_(checkpoint, "data", data)
+        set_(checkpoint, "created_at", created_at)
+        return checkpoint
+
 
 def _statuses(value: object) -> frozenset[JobStatus] | None:
     if value is None:

@@ -181,7 +181,7 @@ class JobPersistence(abc.ABC):
                 f"save_job() takes a SyncJob, got {type(job).__name__}", field="job"
             )
         # The dict is mutable: check it again, as it may have changed since the job was built.
-        metadata_json = v.encode_json(v.check_json_object(job.metadata, "metadata"))
+        metadata_json = v.encode_json_object(job.metadata, "metadata")[1]
         v.check_size(metadata_json, self.settings.max_metadata_bytes, "metadata")
         if job.owner_id is None or job.heartbeat_at is None:
             job = _with_lease(job, job.owner_id or self.owner_id, job.heartbeat_at or self._now())
@@ -351,8 +351,7 @@ class JobPersistence(abc.ABC):
         """
         job_id = v.check_id(job_id, "job_id")
         phase = v.check_id(phase, "phase")
-        data = v.check_json_object(data, "data")
-        data_json = v.encode_json(data)
+        data, data_json = v.encode_json_object(data, "data")
         v.check_size(data_json, self.settings.max_metadata_bytes, "data")
         now = self._now()
         key = (job_id, phase)
@@ -360,20 +359,20 @@ class JobPersistence(abc.ABC):
         if not self.hooks.checkpoint_should_write(job_id, phase, data, last, now):
             # A read is far cheaper than the write the policy saved.
             return self._get_job(job_id) is not None
-        checkpoint = Checkpoint(job_id=job_id, phase=phase, data=data, created_at=now)
+        checkpoint = Checkpoint.from_trusted(job_id=job_id, phase=phase, data=data, created_at=now)
         if not self._upsert_checkpoint(checkpoint, data_json):
             return False
         # Deferred like an event: a rolled-back write must not count for throttling.
-        self._emit(self._remember_checkpoint, key, now)
-        self._emit(self.hooks.checkpoint_saved, checkpoint)
+        self._emit(self._checkpoint_written, checkpoint)
         return True
 
-    def _remember_checkpoint(self, key: tuple[str, str], now: datetime) -> None:
+    def _checkpoint_written(self, checkpoint: Checkpoint) -> None:
         with self._checkpoint_lock:
             # Bounded: the memory only serves throttling, so forgetting is harmless.
             if len(self._checkpoint_times) >= _CHECKPOINT_MEMORY:
                 self._checkpoint_times.clear()
-            self._checkpoint_times[key] = now
+            self._checkpoint_times[(checkpoint.job_id, checkpoint.phase)] = checkpoint.created_at
+        self.hooks.checkpoint_saved(checkpoint)
 
     def load_checkpoint(self, job_id: str, phase: str) -> dict[str, Any] | None:
         """The data of the checkpoint of this job and phase, or ``None``.

@@ -82,10 +82,32 @@ def check_json_object(value: object, field: str) -> dict[str, Any]:
     nested at most ``MAX_JSON_DEPTH`` levels. Tuples, sets, non-str keys,
     NaN and infinities are rejected because JSON would not give them back.
     """
+    return encode_json_object(value, field)[0]
+
+
+def encode_json_object(value: object, field: str) -> tuple[dict[str, Any], str]:
+    """Check ``value`` as :func:`check_json_object` does and return it with its encoding.
+
+    The common case costs one encode and one decode in C: a value that comes
+    back equal from JSON is JSON-compatible. Only a failure (or a value deep
+    enough to need counting) walks it in Python, to name what is wrong.
+    """
     if not isinstance(value, Mapping):
         raise ValidationError(f"{field} must be a dict, got {type(value).__name__}", field=field)
-    _check_json_value(value, field, 0)
-    return value if type(value) is dict else dict(value)
+    obj = value if type(value) is dict else dict(value)
+    encoded = ""
+    try:
+        encoded = encode_json(obj)
+        encoded.encode("utf-8")  # lone surrogates cannot be stored
+        round_trips = _DECODE(encoded) == obj
+    except (TypeError, ValueError, RecursionError, UnicodeError):
+        round_trips = False
+    # A bracket count at or under the limit proves the depth is too.
+    if not round_trips or encoded.count("[") + encoded.count("{") > MAX_JSON_DEPTH:
+        _check_json_value(obj, field, 0)
+        if not round_trips:
+            raise ValidationError(f"{field} does not come back unchanged from JSON", field=field)
+    return obj, encoded
 
 
 def _check_json_value(value: object, path: str, depth: int) -> None:
@@ -133,9 +155,15 @@ def check_text_json(value: str, path: str) -> None:
         ) from None
 
 
+# One encoder for the process: json.dumps() with any non-default option builds a
+# new encoder on every call, which costs more than the encoding itself.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_DECODE = json.JSONDecoder().decode
+
+
 def encode_json(value: Mapping[str, Any]) -> str:
     """Encode an already-checked JSON object compactly."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def check_size(encoded: str, limit: int, field: str) -> None:
