@@ -29,6 +29,8 @@ PAGES = (
     "reference.md",
     "hooks.md",
     "writing-a-backend.md",
+    "lifecycle.md",
+    "sqlite.md",
 )
 
 pytestmark = pytest.mark.skipif(

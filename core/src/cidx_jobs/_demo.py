@@ -44,7 +44,7 @@ def _run_phases(store: JobPersistence, job_id: str, start: int, log: Path) -> No
 
 def worker(url: str, log: Path, recover: bool) -> int:
     """One server life: start pending jobs, or (``recover``) resume a dead worker's jobs."""
-    store = open_persistence(url, settings=None)
+    store = open_persistence(url)
     work: list[tuple[str, int]] = []
     if recover:
         report = store.recover_interrupted_jobs(lease_timeout=LEASE)
@@ -129,8 +129,8 @@ def run_demo(*, directory: str, url: str | None, jobs: int) -> int:
         for job_id in ids:
             job = store.load_job(job_id)
             phases = [c.phase for c in store.list_checkpoints(job_id)]
-            assert job is not None
-            say(f"{job_id}: {job.status.value}, {job.progress}%, checkpoints {phases}")
+            state = "lost" if job is None else f"{job.status.value}, {job.progress}%"
+            say(f"{job_id}: {state}, checkpoints {phases}")
         completed = store.count_jobs(JobFilter(statuses={JobStatus.COMPLETED}))
         report = store.run_cleanup(utcnow() + timedelta(days=8))
         say(
