@@ -79,6 +79,9 @@ def make_job(rng: random.Random, index: int, users: int, *, days: int = 30) -> S
         completed_at=finished if status.is_terminal else None,
         error_message="git fetch failed" if status is JobStatus.FAILED else None,
         metadata=metadata(rng),
+        # Every job has a lease (save_job stamps one); given here, all three sides store it.
+        owner_id="bench-host:1:0123abcd",
+        heartbeat_at=created + timedelta(seconds=1),
     )
 
 
@@ -190,15 +193,19 @@ def bench(args: argparse.Namespace) -> None:
             ),
         )
     )
-    change = StatusChange(status=JobStatus.RUNNING, error_message=None, expected=None, now=NOW)
-    status_sql = _store._status_sql(JobStatus.RUNNING, False, None)
+    # A move to running takes the job's lease: the store's owner and heartbeat are set too.
+    owner = store.owner_id
+    change = StatusChange(
+        status=JobStatus.RUNNING, error_message=None, expected=None, now=NOW, owner=owner
+    )
+    status_sql = _store._status_sql(JobStatus.RUNNING, False, None, True)
     rows.append(
         (
             "update_job_status",
             compare(
                 [lambda i=i: store.update_job_status(i, JobStatus.RUNNING) for i in a],
                 [lambda i=i: store._set_status(i, change) for i in b],
-                [lambda i=i: raw.execute(status_sql, ("running", now, i)) for i in r],
+                [lambda i=i: raw.execute(status_sql, ("running", now, owner, now, i)) for i in r],
             ),
         )
     )

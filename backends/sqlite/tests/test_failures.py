@@ -372,6 +372,10 @@ def test_a_damaged_file_is_moved_aside_and_salvaged(
     assert 300 <= len(kept) < 400
     assert report.checkpoints_kept == len(kept)
     assert all(store.load_checkpoint(job_id, "git_pull") is not None for job_id in kept)
+    # Their leases are kept as stored (all from the one store that wrote them).
+    salvaged = [job for job in map(store.load_job, kept) if job is not None]
+    assert len({job.owner_id for job in salvaged} - {None}) == 1
+    assert all(job.owner_id and job.heartbeat_at for job in salvaged)
     lost = sorted({f"job-{n:04d}" for n in range(400)} - set(kept))
     assert report.jobs_lost == lost
     assert f"Kept {len(kept)} jobs and {len(kept)} checkpoints" in caplog.text

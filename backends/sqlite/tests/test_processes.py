@@ -11,7 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -248,3 +250,160 @@ def test_processes_opening_one_damaged_file_recover_it_once(
     assert 300 <= results[0]["jobs"] < 400
     aside = db_path.parent.glob("jobs.db.corrupt-*")
     assert len([p for p in aside if not p.name.endswith(("-wal", "-shm"))]) == 1
+
+
+# -- leases and recovery across processes -----------------------------------------------------
+
+LONG_AGO = datetime(2020, 1, 1, tzinfo=timezone.utc)
+DEAD_OWNER = "dead:1:x"
+
+RECOVERER = (
+    PRELUDE
+    + """
+import time
+from datetime import timedelta
+path, start, lease, rounds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+store = open_store(path)
+time.sleep(max(0.0, start - time.time()))  # every recoverer starts at the same moment
+result = {"owner": store.owner_id, "interrupted": [], "requeue": []}
+for round_ in range(rounds):
+    if round_:
+        time.sleep(0.25)
+    report = store.recover_interrupted_jobs(lease_timeout=timedelta(seconds=lease))
+    result["interrupted"] += [point.job.id for point in report.interrupted]
+    result["requeue"] += [job.id for job in report.requeue]
+store.close()
+print(json.dumps(result))
+"""
+)
+
+SIBLING = (
+    PRELUDE
+    + """
+import time
+path, tag, jobs, beat, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+store = open_store(path)
+ids = [f"{tag}-{n}" for n in range(jobs)]
+for job_id in ids:
+    store.save_job(SyncJob.create(id=job_id, user_id=tag, project_id="repo"))
+    assert store.update_job_status(job_id, "running", expected="pending")
+print(json.dumps({"owner": store.owner_id}), flush=True)
+renewed = []
+while not os.path.exists(stop):
+    if beat > 0:
+        renewed.append(store.heartbeat())  # a live worker; beat 0 is one that hangs
+        time.sleep(beat)
+    else:
+        time.sleep(0.05)
+jobs_now = [store.load_job(job_id) for job_id in ids]
+store.close()
+print(json.dumps({
+    "renewed": renewed,
+    "statuses": [job.status.value for job in jobs_now],
+    "owners": [job.owner_id for job in jobs_now],
+}))
+"""
+)
+
+
+def save_orphan(store: JobPersistence, job_id: str, status: JobStatus) -> None:
+    """A job owned by a process that died long ago."""
+    store.save_job(
+        make_job(
+            job_id, status=status, created_at=LONG_AGO, owner_id=DEAD_OWNER, heartbeat_at=LONG_AGO
+        )
+    )
+
+
+def finish(child: subprocess.Popen[str]) -> dict[str, Any]:
+    out, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err
+    result: dict[str, Any] = json.loads(out.splitlines()[-1])
+    return result
+
+
+@pytest.mark.slow
+def test_processes_recovering_at_once_take_each_job_exactly_once(
+    open_store: OpenStore, db_path: Path
+) -> None:
+    store = open_store()
+    running = [f"dead-run-{n:03d}" for n in range(240)]
+    waiting = [f"dead-wait-{n:03d}" for n in range(60)]
+    with store.transaction():
+        for job_id in running:
+            save_orphan(store, job_id, JobStatus.RUNNING)
+        for n, job_id in enumerate(waiting):
+            save_orphan(store, job_id, JobStatus.PENDING if n % 2 else JobStatus.QUEUED)
+        for n in range(20):  # finished jobs of the dead owner stay as they are
+            save_orphan(store, f"dead-done-{n}", JobStatus.COMPLETED)
+    start = time.time() + 1.5  # after the interpreters have started and opened the store
+    children = [spawn(RECOVERER, db_path, start, 300, 1) for _ in range(3)]
+    results = [finish(child) for child in children]
+    assert len({r["owner"] for r in results}) == 3
+    interrupted = [job_id for r in results for job_id in r["interrupted"]]
+    requeue = [job_id for r in results for job_id in r["requeue"]]
+    assert sorted(interrupted) == running  # each exactly once, none lost
+    assert sorted(requeue) == waiting
+    for r in results:
+        for job_id in r["interrupted"] + r["requeue"]:
+            job = store.load_job(job_id)
+            assert job is not None
+            assert job.owner_id == r["owner"], job_id  # the winner's, as it reported
+            assert job.heartbeat_at is not None
+            assert job.heartbeat_at > LONG_AGO
+        for job_id in r["interrupted"]:
+            job = store.load_job(job_id)
+            assert job is not None
+            assert job.status is JobStatus.INTERRUPTED
+    for job_id in waiting:
+        job = store.load_job(job_id)
+        assert job is not None
+        assert job.status in (JobStatus.PENDING, JobStatus.QUEUED)
+    for n in range(20):
+        job = store.load_job(f"dead-done-{n}")
+        assert job is not None
+        assert (job.status, job.owner_id, job.heartbeat_at) == (
+            JobStatus.COMPLETED,
+            DEAD_OWNER,
+            LONG_AGO,
+        )
+
+
+@pytest.mark.slow
+def test_a_live_sibling_keeps_its_jobs_through_another_processes_recovery(
+    open_store: OpenStore, db_path: Path, tmp_path: Path
+) -> None:
+    lease = 2.0
+    store = open_store()
+    dead = [f"dead-{n}" for n in range(10)]
+    for job_id in dead:
+        save_orphan(store, job_id, JobStatus.RUNNING)
+    stop = tmp_path / "stop"
+    siblings = {
+        "live": spawn(SIBLING, db_path, "live", 10, 0.05, stop),
+        "hung": spawn(SIBLING, db_path, "hung", 10, 0, stop),  # alive, never heartbeats
+    }
+    owners = {}
+    try:
+        for name, child in siblings.items():
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line, f"the {name} sibling failed to start"
+            owners[name] = json.loads(line)["owner"]
+        # Long enough for the hung sibling's leases to expire, with a wide margin.
+        time.sleep(lease + 0.5)
+        recoverer = finish(spawn(RECOVERER, db_path, time.time(), lease, 4))
+    finally:
+        stop.touch()
+        live_result, hung_result = (finish(child) for child in siblings.values())
+    hung_ids = [f"hung-{n}" for n in range(10)]
+    assert sorted(recoverer["interrupted"]) == sorted(dead + hung_ids)
+    assert recoverer["requeue"] == []
+    # The live sibling kept every job, running and its own, and renewed all ten each time.
+    assert live_result["statuses"] == ["running"] * 10
+    assert live_result["owners"] == [owners["live"]] * 10
+    assert live_result["renewed"]
+    assert set(live_result["renewed"]) == {10}
+    # The hung one's went to the recoverer.
+    assert hung_result["statuses"] == ["interrupted"] * 10
+    assert hung_result["owners"] == [recoverer["owner"]] * 10

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cidx_jobs import JobFilter, JobStatus
+from cidx_jobs import ACTIVE_STATUSES, JobFilter, JobStatus
 from cidx_jobs.errors import SchemaVersionError
-from cidx_jobs_sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteJobStore, _store
-from cidx_jobs_sqlite._schema import apply_migrations
+from cidx_jobs_sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteJobStore, _schema, _store
+from cidx_jobs_sqlite._schema import ACTIVE_SQL, apply_migrations
 
 from .conftest import OpenStore, make_job, minutes, raw_connect
 
@@ -31,6 +33,8 @@ EXPECTED_COLUMNS = {
         ("completed_at", "INTEGER", 0, 0),
         ("error_message", "TEXT", 0, 0),
         ("metadata", "TEXT", 1, 0),
+        ("owner_id", "TEXT", 0, 0),
+        ("heartbeat_at", "INTEGER", 0, 0),
     ],
     "job_checkpoints": [
         ("job_id", "TEXT", 1, 1),
@@ -50,12 +54,47 @@ EXPECTED_INDEXES = {
     "sync_jobs_created": ("sync_jobs", [("created_at", True)]),
     # The second key is the expression coalesce(completed_at, created_at).
     "sync_jobs_status_finished": ("sync_jobs", [("status", False), (None, False)]),
+    # Partial: only active jobs (see PARTIAL_INDEXES).
+    "sync_jobs_active_owner": ("sync_jobs", [("owner_id", False), ("heartbeat_at", False)]),
     "sqlite_autoindex_sync_jobs_1": ("sync_jobs", [("id", False)]),
     "sqlite_autoindex_job_checkpoints_1": (
         "job_checkpoints",
         [("job_id", False), ("phase", False)],
     ),
 }
+
+#: The partial indexes and their WHERE clauses.
+PARTIAL_INDEXES = {"sync_jobs_active_owner": "status IN ('pending', 'queued', 'running')"}
+
+#: Schema version 1 exactly as it was first written (commit 224b84d), frozen here so that the
+#: migration is tested from the real thing even if someone edits the migration list.
+RELEASE_1_SCHEMA = (
+    """CREATE TABLE sync_jobs (
+    id            TEXT    NOT NULL PRIMARY KEY,
+    user_id       TEXT    NOT NULL,
+    project_id    TEXT    NOT NULL,
+    status        TEXT    NOT NULL,
+    progress      INTEGER NOT NULL DEFAULT 0,
+    phase         TEXT,
+    created_at    INTEGER NOT NULL,
+    started_at    INTEGER,
+    completed_at  INTEGER,
+    error_message TEXT,
+    metadata      TEXT    NOT NULL DEFAULT '{}'
+)""",
+    """CREATE TABLE job_checkpoints (
+    job_id     TEXT    NOT NULL REFERENCES sync_jobs (id) ON DELETE CASCADE,
+    phase      TEXT    NOT NULL,
+    data       TEXT    NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (job_id, phase)
+)""",
+    "CREATE INDEX sync_jobs_user_status_created ON sync_jobs (user_id, status, created_at DESC)",
+    "CREATE INDEX sync_jobs_user_created ON sync_jobs (user_id, created_at DESC)",
+    "CREATE INDEX sync_jobs_status_created ON sync_jobs (status, created_at DESC)",
+    "CREATE INDEX sync_jobs_created ON sync_jobs (created_at DESC)",
+    "CREATE INDEX sync_jobs_status_finished ON sync_jobs (status, coalesce(completed_at, created_at))",
+)
 
 
 def describe(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -99,6 +138,17 @@ def test_the_schema_reads_back_as_designed(store: SqliteJobStore, db_path: Path)
             xinfo = conn.execute(f"PRAGMA index_xinfo({name})").fetchall()
             key_columns = [(row[2], bool(row[3])) for row in xinfo if row[5]]
             assert key_columns == keys, name
+        partial = {
+            row[1]: bool(row[4]) for row in conn.execute("PRAGMA index_list(sync_jobs)").fetchall()
+        }
+        for name in EXPECTED_INDEXES:
+            if name.startswith("sync_jobs"):
+                assert partial[name] is (name in PARTIAL_INDEXES), name
+        for name, where in PARTIAL_INDEXES.items():
+            (sql,) = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE name = ?", (name,)
+            ).fetchone()
+            assert sql.endswith(f"WHERE {where}"), sql
         # Indexes are separate CREATE INDEX statements, not MySQL's inline INDEX.
         for (sql,) in conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table'"):
             assert " INDEX " not in sql.upper()
@@ -166,6 +216,110 @@ def test_an_old_database_migrates_to_the_fresh_schema(
         assert job is not None
         assert (job.status, job.progress, job.metadata) == (JobStatus.RUNNING, 40, {"k": 1})
         assert migrated.load_checkpoint("old", "git_pull") == {"sha": "abc"}
+
+
+def build_release_1_database(path: Path) -> None:
+    """A version 1 file as the first SQLite backend wrote it, from its frozen DDL, with rows."""
+    conn = raw_connect(path)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    for statement in RELEASE_1_SCHEMA:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    old_rows = [
+        ("old-running", "running", 1700000000000000, 1700000000000000, None),
+        ("old-pending", "pending", 1700000000000001, None, None),
+        ("old-done", "completed", 1700000000000002, 1700000000000002, 1700000000000003),
+    ]
+    for job_id, status, created, started, completed in old_rows:
+        conn.execute(
+            "INSERT INTO sync_jobs (id, user_id, project_id, status, progress, phase, "
+            "created_at, started_at, completed_at, metadata) "
+            "VALUES (?, 'alice', 'repo', ?, 40, 'indexing', ?, ?, ?, '{\"k\":1}')",
+            (job_id, status, created, started, completed),
+        )
+    conn.execute(
+        "INSERT INTO job_checkpoints VALUES ('old-running', 'git_pull', '{\"sha\":\"abc\"}', "
+        "1700000000000001)"
+    )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_migration_1_is_still_the_released_schema(tmp_path: Path) -> None:
+    released, rebuilt = tmp_path / "released.db", tmp_path / "rebuilt.db"
+    build_release_1_database(released)
+    conn = raw_connect(rebuilt)
+    apply_migrations(conn, rebuilt, lambda c: c.execute("BEGIN IMMEDIATE").close(), target=1)
+    conn.close()
+    with raw_connect(released) as a, raw_connect(rebuilt) as b:
+        assert describe(a)["master"] == describe(b)["master"]
+    a.close()
+    b.close()
+
+
+def test_a_released_version_1_file_migrates_to_version_2(
+    open_store: OpenStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = tmp_path / "old.db"
+    build_release_1_database(old)
+    with caplog.at_level(logging.INFO, logger="cidx_jobs.sqlite"):
+        migrated = open_store(old)
+    assert f"from schema version 1 to {SCHEMA_VERSION}" in caplog.text
+    open_store(tmp_path / "fresh.db")
+    with raw_connect(old) as a, raw_connect(tmp_path / "fresh.db") as b:
+        assert describe(a) == describe(b)
+        assert a.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    a.close()
+    b.close()
+    # Rows from before leases have none: no owner, and a lease that counts as expired.
+    for job_id in ("old-running", "old-pending", "old-done"):
+        job = migrated.load_job(job_id)
+        assert job is not None
+        assert (job.owner_id, job.heartbeat_at, job.progress, job.metadata) == (
+            None,
+            None,
+            40,
+            {"k": 1},
+        )
+    report = migrated.recover_interrupted_jobs(lease_timeout=timedelta(hours=1))
+    assert [point.job.id for point in report.interrupted] == ["old-running"]
+    checkpoint = report.interrupted[0].checkpoint
+    assert [job.id for job in report.requeue] == ["old-pending"]
+    # The checkpoint is from 2023: older than the default maximum age, so not resumed.
+    assert checkpoint is None
+    assert migrated.load_checkpoint("old-running", "git_pull") == {"sha": "abc"}
+    for job_id, status in [
+        ("old-running", JobStatus.INTERRUPTED),
+        ("old-pending", JobStatus.PENDING),
+        ("old-done", JobStatus.COMPLETED),
+    ]:
+        job = migrated.load_job(job_id)
+        assert job is not None
+        assert job.status is status
+        expected_owner = None if status is JobStatus.COMPLETED else migrated.owner_id
+        assert job.owner_id == expected_owner, job_id
+
+
+def test_a_version_2_file_is_refused_by_a_release_that_knows_only_version_1(
+    open_store: OpenStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_store().close()
+    with raw_connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        conn.execute("PRAGMA journal_mode = DELETE")
+    conn.close()
+    before = digest(db_path)
+    # What the first SQLite backend knew: only migration 1.
+    monkeypatch.setattr(_schema, "MIGRATIONS", MIGRATIONS[:1])
+    monkeypatch.setattr(_schema, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(_store, "SCHEMA_VERSION", 1)
+    with pytest.raises(SchemaVersionError) as caught:
+        open_store()
+    message = str(caught.value)
+    assert "has schema version 2" in message
+    assert "reads schema versions 1 to 1" in message
+    assert digest(db_path) == before
 
 
 def test_migrating_is_idempotent(open_store: OpenStore, db_path: Path) -> None:
@@ -259,6 +413,51 @@ def test_queries_use_the_index_made_for_them(
         store._pool.release(conn)
     assert f"INDEX {index}" in text
     assert "SCAN sync_jobs" not in text.replace(f"SCAN sync_jobs USING INDEX {index}", "")
+
+
+def test_the_active_statuses_in_sql_match_the_models() -> None:
+    values = ", ".join(f"'{value}'" for value in sorted(s.value for s in ACTIVE_STATUSES))
+    assert f"({values})" == ACTIVE_SQL
+    assert f"status IN {ACTIVE_SQL}" == PARTIAL_INDEXES["sync_jobs_active_owner"]
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "expected"),
+    [
+        # heartbeat(): a search of the owner's active jobs in the small partial index.
+        (
+            _store._RENEW_LEASES,
+            [1, "me"],
+            "SEARCH sync_jobs USING INDEX sync_jobs_active_owner (owner_id=?)",
+        ),
+        # recovery: a scan of the partial index only (active jobs), never of the table.
+        (_store._FIND_STALE, ["me", 1, 500], "SCAN sync_jobs USING INDEX sync_jobs_active_owner"),
+        # the compare-and-set: one row by its primary key.
+        (
+            _store._TAKE_OVER,
+            ["interrupted", "me", 1, "j", "running", "dead", 0],
+            "SEARCH sync_jobs USING INDEX sqlite_autoindex_sync_jobs_1 (id=?)",
+        ),
+    ],
+)
+def test_lease_statements_use_the_index_made_for_them(
+    open_store: OpenStore, db_path: Path, sql: str, params: list[Any], expected: str
+) -> None:
+    # Also with statistics (which would lead the planner to the status index for recovery):
+    # the plan is pinned.
+    first = open_store()
+    first.save_job(make_job("j"))
+    first.close()
+    with raw_connect(db_path) as conn:
+        conn.execute("ANALYZE")
+    conn.close()
+    store = open_store()
+    conn = store._pool.acquire()
+    try:
+        text = plan(conn, sql, params)
+    finally:
+        store._pool.release(conn)
+    assert text == expected
 
 
 def test_cleanup_uses_the_finish_time_index(store: SqliteJobStore) -> None:

@@ -25,6 +25,8 @@ JOB_COLUMNS = (
     "completed_at",
     "error_message",
     "metadata",
+    "owner_id",
+    "heartbeat_at",
 )
 JOB_COLUMNS_SQL = ", ".join(JOB_COLUMNS)
 INSERT_JOB_SQL = (
@@ -67,6 +69,7 @@ def job_params(job: SyncJob, metadata_json: str) -> tuple[Any, ...]:
     """The INSERT parameters of a job, in :data:`JOB_COLUMNS` order."""
     started = job.started_at
     completed = job.completed_at
+    heartbeat = job.heartbeat_at
     return (
         job.id,
         job.user_id,
@@ -79,6 +82,8 @@ def job_params(job: SyncJob, metadata_json: str) -> tuple[Any, ...]:
         None if completed is None else (completed - EPOCH) // MICROSECOND,
         job.error_message,
         metadata_json,
+        job.owner_id,
+        None if heartbeat is None else (heartbeat - EPOCH) // MICROSECOND,
     )
 
 
@@ -96,6 +101,8 @@ def decode_job(row: tuple[Any, ...]) -> SyncJob:
         completed_at,
         error_message,
         metadata,
+        owner_id,
+        heartbeat_at,
     ) = row
     return _from_trusted(
         id=job_id,
@@ -109,4 +116,6 @@ def decode_job(row: tuple[Any, ...]) -> SyncJob:
         completed_at=None if completed_at is None else EPOCH + MICROSECOND * completed_at,
         error_message=error_message,
         metadata={} if metadata == "{}" else _scan_json(metadata, 0)[0],
+        owner_id=owner_id,
+        heartbeat_at=None if heartbeat_at is None else EPOCH + MICROSECOND * heartbeat_at,
     )

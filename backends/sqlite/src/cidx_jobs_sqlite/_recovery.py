@@ -348,7 +348,7 @@ def _valid_job(row: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """The INSERT parameters of a salvaged job row, or ``None`` if the row is garbage."""
     try:
         values = dict(zip(_codec.JOB_COLUMNS, row, strict=True))
-        for name in ("created_at", "started_at", "completed_at"):
+        for name in ("created_at", "started_at", "completed_at", "heartbeat_at"):
             value = values[name]
             if value is not None and type(value) is not int:
                 return None
@@ -372,6 +372,11 @@ def _valid_job(row: tuple[Any, ...]) -> tuple[Any, ...] | None:
             else _codec.decode_time(values["completed_at"]),
             error_message=values["error_message"],
             metadata=metadata,
+            # The lease is kept as it was, so recovery at start treats the job as before.
+            owner_id=values["owner_id"],
+            heartbeat_at=None
+            if values["heartbeat_at"] is None
+            else _codec.decode_time(values["heartbeat_at"]),
         )
         return _codec.job_params(job, metadata_json)
     except (CidxJobsError, ValueError, TypeError, OverflowError, KeyError):

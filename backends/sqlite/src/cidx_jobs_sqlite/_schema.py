@@ -28,6 +28,11 @@ logger = logging.getLogger("cidx_jobs.sqlite")
 
 #: The terminal statuses, as SQL literals (kept in step with cidx_jobs.TERMINAL_STATUSES).
 TERMINAL_SQL = "('cancelled', 'completed', 'failed')"
+#: The active statuses, as SQL literals (kept in step with cidx_jobs.ACTIVE_STATUSES). The
+#: lease queries name them exactly as the WHERE clause of the partial index
+#: ``sync_jobs_active_owner`` does: SQLite uses a partial index only for a query whose WHERE
+#: clause contains the index's own terms.
+ACTIVE_SQL = "('pending', 'queued', 'running')"
 
 # Datetimes are INTEGER microseconds since 1970-01-01 UTC: exact, compact, ordered, and
 # free of the numeric-affinity trap of columns declared TIMESTAMP or JSON. Text columns are
@@ -68,6 +73,21 @@ _V1 = (
     "CREATE INDEX sync_jobs_status_finished ON sync_jobs (status, coalesce(completed_at, created_at))",
 )
 
+# Job leases. Rows of version 1 get NULL in both columns: no owner, and a lease that
+# recovery treats as expired, which is right for jobs from before leases existed.
+_V2 = (
+    # The store instance that owns the job (host:pid:random).
+    "ALTER TABLE sync_jobs ADD COLUMN owner_id TEXT",
+    # When the owner last renewed its lease (microseconds since the epoch, UTC).
+    "ALTER TABLE sync_jobs ADD COLUMN heartbeat_at INTEGER",
+    # heartbeat(): an owner's active jobs (owner_id = ?), and recovery at start: the active
+    # jobs whose lease expired, read from this index alone, without touching a row that
+    # does not qualify. Only active jobs are in it, so it stays small however long the
+    # history grows, and finishing a job removes it from the index.
+    "CREATE INDEX sync_jobs_active_owner ON sync_jobs (owner_id, heartbeat_at) "
+    "WHERE status IN ('pending', 'queued', 'running')",
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class Migration:
@@ -92,6 +112,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         version=1,
         description="create sync_jobs and job_checkpoints with their indexes",
         statements=_V1,
+    ),
+    Migration(
+        version=2,
+        description="add the job lease columns owner_id and heartbeat_at, and their index",
+        statements=_V2,
     ),
 )
 

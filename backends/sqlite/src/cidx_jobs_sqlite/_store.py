@@ -62,6 +62,7 @@ from ._recovery import (
     recover,
 )
 from ._schema import (
+    ACTIVE_SQL,
     SCHEMA_VERSION,
     TERMINAL_SQL,
     apply_migrations,
@@ -78,6 +79,28 @@ _SELECT_CHECKPOINT = "SELECT data, created_at FROM job_checkpoints WHERE job_id 
 _SELECT_CHECKPOINTS = (
     "SELECT phase, data, created_at FROM job_checkpoints WHERE job_id = ? "
     "ORDER BY created_at, phase"
+)
+# The lease statements read the partial index sync_jobs_active_owner, which holds only
+# active jobs. They name the active statuses exactly as its WHERE clause does (SQLite uses
+# a partial index only then), and INDEXED BY pins the plan: left to itself the planner
+# prefers the equality on status of sync_jobs_status_finished, which reads every active
+# row, and a term that stopped matching the index would fail loudly ("no query solution")
+# instead of silently scanning.
+_RENEW_LEASES = (
+    "UPDATE sync_jobs INDEXED BY sync_jobs_active_owner SET heartbeat_at = ? "
+    f"WHERE owner_id = ? AND status IN {ACTIVE_SQL}"
+)
+# Recovery scans the small index, tests owner and heartbeat in it, and reads only the rows
+# of stale jobs.
+_FIND_STALE = (
+    f"SELECT {_codec.JOB_COLUMNS_SQL} FROM sync_jobs INDEXED BY sync_jobs_active_owner "
+    f"WHERE status IN {ACTIVE_SQL} AND owner_id IS NOT ? "
+    "AND (heartbeat_at IS NULL OR heartbeat_at < ?) LIMIT ?"
+)
+# A compare-and-set on the lease as _find_stale read it; IS compares NULLs as equal.
+_TAKE_OVER = (
+    "UPDATE sync_jobs SET status = ?, owner_id = ?, heartbeat_at = ? "
+    "WHERE id = ? AND status = ? AND owner_id IS ? AND heartbeat_at IS ?"
 )
 _ORDER = "ORDER BY created_at DESC, id DESC"
 _ALL_STATUSES = len(JobStatus)
@@ -156,7 +179,7 @@ class SqliteJobStore(JobPersistence):
         self._next_check = 0.0
         self._lock = threading.Lock()
         self._reported: set[tuple[int, int] | None] = set()
-        self._status_sql: dict[tuple[JobStatus, bool, frozenset[JobStatus] | None], str] = {}
+        self._status_sql: dict[tuple[JobStatus, bool, frozenset[JobStatus] | None, bool], str] = {}
         self._pragmas = connection_pragmas(options)
         self._closed = False
         #: What the recovery at open kept and lost, if the file was damaged.
@@ -580,14 +603,21 @@ class SqliteJobStore(JobPersistence):
     def _set_status(self, job_id: str, change: StatusChange) -> bool:
         status = change.status
         has_error = change.error_message is not None
-        key = (status, has_error, change.expected)
+        owner = change.owner
+        takes_lease = owner is not None and status is JobStatus.RUNNING
+        key = (status, has_error, change.expected, takes_lease)
         sql = self._status_sql.get(key)
         if sql is None:
-            sql = self._status_sql[key] = _status_sql(status, has_error, change.expected)
+            sql = self._status_sql[key] = _status_sql(
+                status, has_error, change.expected, takes_lease
+            )
         now = (change.now - EPOCH) // MICROSECOND
         params: list[Any] = [status.value]
         if status is JobStatus.RUNNING:
             params.append(now)
+            if takes_lease:
+                params.append(owner)
+                params.append(now)
         if status in TERMINAL_STATUSES:
             params.append(now)
         if has_error:
@@ -602,6 +632,41 @@ class SqliteJobStore(JobPersistence):
             count = self._write(
                 _SET_PROGRESS_PHASE, (progress, phase, job_id), "updating a job's progress"
             )
+        return count > 0
+
+    def _renew_leases(self, owner: str, now: datetime) -> int:
+        return self._write(
+            _RENEW_LEASES, ((now - EPOCH) // MICROSECOND, owner), "renewing job leases"
+        )
+
+    def _find_stale(self, before: datetime, exclude_owner: str, limit: int) -> list[SyncJob]:
+        rows = self._fetchall(
+            _FIND_STALE,
+            (exclude_owner, (before - EPOCH) // MICROSECOND, limit),
+            "finding jobs with expired leases",
+        )
+        try:
+            return [decode_job(row) for row in rows]
+        except _UNREADABLE as error:
+            raise self._unreadable(None, error) from error
+
+    def _take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
+        try:
+            count = self._write(
+                _TAKE_OVER,
+                (
+                    status.value,
+                    owner,
+                    (now - EPOCH) // MICROSECOND,
+                    job.id,
+                    job.status.value,
+                    job.owner_id,
+                    _codec.encode_optional_time(job.heartbeat_at),
+                ),
+                "taking over a job",
+            )
+        except _Constraint as error:
+            raise StorageError(f"taking over job {job.id!r} broke a constraint: {error}") from error
         return count > 0
 
     def _select_jobs(
@@ -871,12 +936,23 @@ def connection_pragmas(options: SqliteOptions) -> tuple[str, ...]:
 # -- SQL builders ----------------------------------------------------------------------------
 
 
-def _status_sql(status: JobStatus, has_error: bool, expected: frozenset[JobStatus] | None) -> str:
+def _status_sql(
+    status: JobStatus,
+    has_error: bool,
+    expected: frozenset[JobStatus] | None,
+    takes_lease: bool = False,
+) -> str:
     """One UPDATE applying StatusChange's rules. What depends on the new status is decided
-    here; what depends on the stored row is a CASE (SET expressions see the old row)."""
+    here; what depends on the stored row is a CASE (SET expressions see the old row).
+
+    ``takes_lease``: a move to running with an owner also sets ``owner_id`` and
+    ``heartbeat_at`` (parameters right after ``started_at``'s)."""
     sets = ["status = ?"]
     if status is JobStatus.RUNNING:
         sets.append("started_at = coalesce(started_at, ?)")
+        if takes_lease:
+            sets.append("owner_id = ?")
+            sets.append("heartbeat_at = ?")
     if status in TERMINAL_STATUSES:
         # Entering a terminal status stamps completed_at; moving between terminal
         # statuses keeps it.
