@@ -773,10 +773,10 @@ class SqliteJobStore(JobPersistence):
         if row is None:
             return None
         try:
-            return Checkpoint(
+            return Checkpoint.from_trusted(
                 job_id=job_id,
                 phase=phase,
-                data=_codec.loads(row[0]),
+                data=_checkpoint_data(row[0]),
                 created_at=EPOCH + MICROSECOND * row[1],
             )
         except _UNREADABLE as error:
@@ -786,10 +786,10 @@ class SqliteJobStore(JobPersistence):
         rows = self._fetchall(_SELECT_CHECKPOINTS, (job_id,), "listing checkpoints")
         try:
             return [
-                Checkpoint(
+                Checkpoint.from_trusted(
                     job_id=job_id,
                     phase=phase,
-                    data=_codec.loads(data),
+                    data=_checkpoint_data(data),
                     created_at=EPOCH + MICROSECOND * created_at,
                 )
                 for phase, data, created_at in rows
@@ -1062,3 +1062,11 @@ def _count_sql(
     elif statuses > 1:
         conditions.insert(0, f"status IN ({', '.join('?' * statuses)})")
     return f"SELECT count(*) FROM sync_jobs{_where(conditions)}"
+
+
+def _checkpoint_data(text: str) -> dict[str, Any]:
+    # Stored data was validated on the way in; a row that is not a JSON object is damage.
+    data = _codec.loads(text)
+    if type(data) is not dict:
+        raise ValueError(f"checkpoint data is a {type(data).__name__}, not a JSON object")
+    return data
