@@ -32,6 +32,8 @@ __all__ = [
 
 MAX_LIMIT = 1000
 MAX_OFFSET = 2**53
+# A real cursor is about 150 characters: a timestamp, an id of at most 256 and a digest.
+_MAX_CURSOR_LENGTH = 2048
 
 
 class JobStatus(str, enum.Enum):
@@ -385,26 +387,29 @@ class JobFilter:
         """
         if self.cursor is None:
             return None
+        if len(self.cursor) > _MAX_CURSOR_LENGTH:
+            raise ValidationError("cursor is too long to be one this library made", field="cursor")
         try:
             padded = self.cursor + "=" * (-len(self.cursor) % 4)
             version, created, job_id, fingerprint = json.loads(
                 base64.urlsafe_b64decode(padded.encode("ascii"))
             )
-            created_at = datetime.fromisoformat(created)
-        except (ValueError, TypeError, UnicodeError) as error:
+            parsed = datetime.fromisoformat(created)
+            if parsed.tzinfo is None or not isinstance(job_id, str) or version != 1:
+                raise ValueError("malformed cursor")
+            created_at = parsed.astimezone(timezone.utc)
+        except (ValueError, TypeError, UnicodeError, RecursionError, OverflowError) as error:
             raise ValidationError(
                 "cursor is not one this library made; pass the next_cursor of a JobPage",
                 field="cursor",
             ) from error
-        if version != 1 or not isinstance(job_id, str) or created_at.tzinfo is None:
-            raise ValidationError("cursor is malformed", field="cursor")
         if fingerprint != self.fingerprint():
             raise ValidationError(
                 "cursor was made for a different filter; "
                 "a cursor only pages the filter it came from",
                 field="cursor",
             )
-        return created_at.astimezone(timezone.utc), job_id
+        return created_at, job_id
 
     def next_page(self, page: JobPage) -> JobFilter:
         """The filter for the page after ``page``.
@@ -428,6 +433,17 @@ def _retention(value: object) -> dict[JobStatus, timedelta]:
     if not isinstance(value, Mapping):
         raise ValidationError("retention must map statuses to timedeltas", field="retention")
     return {JobStatus.parse(status, "retention"): keep for status, keep in value.items()}
+
+
+_DAWN = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _before(now: datetime, keep: timedelta) -> datetime:
+    # A retention reaching before year 1 means "keep everything": nothing finished earlier.
+    try:
+        return now - keep
+    except OverflowError:
+        return _DAWN
 
 
 @attrs.frozen(kw_only=True)
@@ -473,7 +489,7 @@ class CleanupPolicy:
         :raises ValidationError: ``now`` is naive.
         """
         now = v.to_utc(now, "now")
-        return {status: now - keep for status, keep in self.retention.items()}
+        return {status: _before(now, keep) for status, keep in self.retention.items()}
 
 
 @attrs.frozen(kw_only=True)

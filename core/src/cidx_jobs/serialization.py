@@ -90,7 +90,7 @@ def from_json(text: str | bytes, cls: type[T]) -> T:
 
     try:
         data = json.loads(text)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, RecursionError) as error:
         raise ValidationError(f"not valid JSON: {error}") from error
     return from_dict(data, cls)
 

@@ -135,7 +135,11 @@ def _check_path(path: object) -> Path:
     if "\x00" in path:
         raise ConfigError("option 'path' must not contain NUL characters", option="path")
     resolved = Path(path).expanduser()
-    if path.endswith(("/", "\\")) or resolved.is_dir():
+    try:
+        is_dir = resolved.is_dir()
+    except OSError as error:  # e.g. a name longer than the file system allows
+        raise ConfigError(f"option 'path' {path!r} is not usable: {error}", option="path") from None
+    if path.endswith(("/", "\\")) or is_dir:
         raise ConfigError(
             f"option 'path' must name a database file, but {path!r} is a folder "
             "(e.g. sqlite:////var/lib/cidx/jobs.db)",

@@ -1,0 +1,63 @@
+"""The quick version of every stress scenario, run with the normal tests.
+
+Each test runs one scenario as ``python -m cidx_jobs_stress --quick --only NAME`` would and
+requires zero failures, and that the scenario really did its work (kills, faults, calls
+checked), so that a scenario that silently stopped testing fails here too. Known defects
+(see ``test_regressions.py``) are reported by the scenarios but not counted as failures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cidx_jobs_stress import ScenarioResult, StressConfig, run_scenarios
+
+pytestmark = pytest.mark.slow
+
+
+def run_quick(name: str, workdir: Path) -> ScenarioResult:
+    (result,) = run_scenarios(StressConfig(quick=True, seed=0, workdir=workdir), [name])
+    assert result.failures == 0, "\n".join(result.messages)
+    return result
+
+
+def test_crash_consistency(tmp_path: Path) -> None:
+    result = run_quick("crash", tmp_path)
+    assert result.kills >= 20
+    assert result.outcomes["calls journalled"] > 0
+    # After every kill the whole store was compared with the journal.
+    assert result.checked > result.outcomes["calls journalled"]
+
+
+def test_faults(tmp_path: Path) -> None:
+    result = run_quick("faults", tmp_path)
+    assert result.outcomes["disk full (max_size_mb): faults"] > 0
+    assert result.outcomes["file removed: faults"] > 0
+    assert result.outcomes["damaged pages: faults"] > 0
+    parts_run = result.outcomes["read-only file: trials"] + len(
+        [s for s in result.skipped if s.startswith("read-only")]
+    )
+    assert parts_run > 0
+    assert result.checked > 500
+
+
+def test_concurrency(tmp_path: Path) -> None:
+    result = run_quick("concurrency", tmp_path)
+    assert result.trials == 4
+    assert result.outcomes["compare-and-set attempts"] > 0
+    assert result.outcomes["last-write-wins writes"] > 0
+    assert result.outcomes["'database is locked' reaching a caller"] == 0
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    result = run_quick("badinput", tmp_path)
+    assert result.outcomes["rejected with ValidationError"] > 50
+    assert result.outcomes["valid input accepted"] > 50
+
+
+def test_isolation(tmp_path: Path) -> None:
+    result = run_quick("isolation", tmp_path)
+    assert result.outcomes["cursor reused with another filter"] > 0
+    assert result.checked > 500
