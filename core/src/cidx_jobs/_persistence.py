@@ -136,6 +136,11 @@ def _expected(
     return statuses
 
 
+class _Local(threading.local):
+    # A class default makes the per-call lookup in _emit a plain attribute read.
+    pending: list[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
+
+
 class JobPersistence(abc.ABC):
     """The job store: what the server calls, whatever the backend.
 
@@ -155,7 +160,7 @@ class JobPersistence(abc.ABC):
     ) -> None:
         self.hooks = hooks if hooks is not None else Hooks()
         self.settings = settings if settings is not None else StoreSettings()
-        self._local = threading.local()
+        self._local = _Local()
         self._checkpoint_times: dict[tuple[str, str], datetime] = {}
         self._checkpoint_lock = threading.Lock()
         #: Who this store instance is, for job leases: host, process and a random part.
@@ -487,7 +492,7 @@ class JobPersistence(abc.ABC):
         :raises StorageError: the commit failed; nothing of the block was stored.
         """
         local = self._local
-        if getattr(local, "pending", None) is not None:
+        if local.pending is not None:
             yield
             return
         local.pending = []
@@ -531,7 +536,7 @@ class JobPersistence(abc.ABC):
         return filter
 
     def _emit(self, notify: Callable[..., None], *args: Any) -> None:
-        pending = getattr(self._local, "pending", None)
+        pending = self._local.pending
         if pending is not None:
             pending.append((notify, args))
         else:

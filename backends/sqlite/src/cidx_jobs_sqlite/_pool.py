@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import sqlite3
 import threading
@@ -26,7 +27,9 @@ class ConnectionPool:
     """At most ``size`` connections, opened lazily and handed to one thread at a time.
 
     Checkout is a lock-free pop from a LIFO stack (so a single thread keeps reusing
-    one warm connection); only when the stack is empty does a caller take the lock
+    one warm connection) while nobody waits; once threads wait, a released connection
+    goes to the longest waiter (first come, first served), so no thread starves. Only
+    when the stack is empty does a caller take the lock
     to open a connection or wait for one. :meth:`invalidate` retires every
     connection (after the file was replaced, or an I/O error): idle ones are closed
     at once, busy ones when they come back, and later checkouts open new ones.
@@ -48,6 +51,9 @@ class ConnectionPool:
         self._stale: set[Connection] = set()
         self._opening = 0
         self._waiting = 0
+        # FIFO hand-off: a released connection goes to the longest waiter, never to a
+        # thread that barges in (the releasing thread itself, typically).
+        self._queue: collections.deque[list[Connection | None]] = collections.deque()
         self._closed = False
         self._cond = threading.Condition(threading.Lock())
 
@@ -79,30 +85,47 @@ class ConnectionPool:
             in use for the wait timeout.
         :raises StorageError: opening a new connection failed.
         """
-        try:
-            return self._idle.pop()
-        except IndexError:
-            return self._acquire_slow()
+        if not self._queue:  # threads are queued: line up behind them instead of barging in
+            try:
+                return self._idle.pop()
+            except IndexError:
+                pass
+        return self._acquire_slow()
 
     def _acquire_slow(self) -> Connection:
         deadline: float | None = None
         with self._cond:
-            # Counted before looking at the stack, so that a release racing with this
-            # checkout either leaves its connection for us to find or wakes us up.
             self._waiting += 1
+            # The waiter's slot in the queue: release() puts a connection in it, first come
+            # first served, so a thread that releases and re-acquires in a loop cannot
+            # starve the others.
+            slot: list[Connection | None] | None = None
             try:
                 while True:
                     if self._closed:
+                        if slot is not None and slot[0] is not None:
+                            self._idle.append(slot[0])
                         raise self._closed_error()
-                    if self._idle:
+                    if slot is not None and slot[0] is not None:
+                        return slot[0]
+                    first = not self._queue or self._queue[0] is slot
+                    if first and self._idle:
+                        if slot is not None:
+                            self._queue.popleft()
                         return self._idle.pop()
-                    if len(self._all) + self._opening < self._size:
+                    if first and len(self._all) + self._opening < self._size:
+                        if slot is not None:
+                            self._queue.popleft()
                         self._opening += 1
                         break
+                    if slot is None:
+                        slot = [None]
+                        self._queue.append(slot)
                     now = time.monotonic()
                     if deadline is None:
                         deadline = now + self._wait_timeout
                     if now >= deadline:
+                        self._queue.remove(slot)
                         raise StorageUnavailableError(
                             f"all {self._size} connections to {self._describe} stayed in use for "
                             f"{self._wait_timeout:g} s; long transaction() blocks or many "
@@ -116,7 +139,7 @@ class ConnectionPool:
         except BaseException:
             with self._cond:
                 self._opening -= 1
-                self._cond.notify()
+                self._cond.notify_all()
             raise
         with self._cond:
             self._opening -= 1
@@ -138,19 +161,21 @@ class ConnectionPool:
             except sqlite3.Error:
                 self.discard(conn)
                 return
-        self._idle.append(conn)
+        with self._cond:
+            if self._queue and not self._closed:
+                self._queue.popleft()[0] = conn
+                self._cond.notify_all()
+                return
+            self._idle.append(conn)
         if self._closed:
             self._close_idle()
-        elif self._waiting:
-            with self._cond:
-                self._cond.notify()
 
     def discard(self, conn: Connection) -> None:
         """Close a connection that is not trusted any more; a later checkout opens a new one."""
         with self._cond:
             self._all.discard(conn)
             self._stale.discard(conn)
-            self._cond.notify()
+            self._cond.notify_all()
         _close_quietly(conn)
 
     def invalidate(self) -> None:
