@@ -1,0 +1,107 @@
+"""Issue 5's targets, checked against what a run measured (reported, never asserted)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._report import Report, Target
+
+RATIO_BUDGET = 1.5
+QUERY_BUDGET_MS = 5.0
+QUERY_TARGET_JOBS = 1_000_000
+WRITER_WAIT_MS = 100.0
+SIZE_BUDGET = 1.3
+
+
+def _rows(report: Report, key: str) -> list[dict[str, Any]]:
+    section = report.find(key)
+    return section.data if section is not None else []
+
+
+def evaluate(report: Report) -> list[Target]:
+    """One line per target that this run measured."""
+    targets: list[Target] = []
+    for row in _rows(report, "ops"):
+        if row.get("contender") != "sqlite":
+            continue
+        ratio = row["ratio_to_floor"]
+        targets.append(
+            Target(
+                f"{row['operation']} vs floor",
+                f"≤ {RATIO_BUDGET}x",
+                f"{ratio:.2f}x ({row['median_us']:.1f} µs)",
+                ratio <= RATIO_BUDGET,
+            )
+        )
+    queries = [
+        row
+        for row in _rows(report, "query")
+        if row.get("query") == "query 100" and row.get("contender") == "sqlite"
+    ]
+    if queries:
+        largest = max(queries, key=lambda row: row["jobs"])
+        ms = largest["median_us"] / 1000
+        scope = "" if largest["jobs"] >= QUERY_TARGET_JOBS else " (largest size measured)"
+        targets.append(
+            Target(
+                f"query 100 on {largest['jobs']:,} jobs{scope}",
+                f"< {QUERY_BUDGET_MS:g} ms on 1,000,000",
+                f"{ms:.2f} ms (p99 {largest['p99_us'] / 1000:.2f} ms)",
+                ms < QUERY_BUDGET_MS if largest["jobs"] >= QUERY_TARGET_JOBS else None,
+            )
+        )
+    for row in _rows(report, "cleanup"):
+        if row.get("contender") == "sqlite":
+            ratio = row["ratio_to_floor"]
+            targets.append(
+                Target(
+                    "cleanup of 1,000 vs floor",
+                    f"≤ {RATIO_BUDGET}x",
+                    f"{ratio:.2f}x ({row['median_ms']:.1f} ms)",
+                    ratio <= RATIO_BUDGET,
+                )
+            )
+    for row in _rows(report, "large-cleanup"):
+        if row.get("contender") == "sqlite" and row.get("writer_worst_wait_ms") is not None:
+            worst = row["writer_worst_wait_ms"]
+            targets.append(
+                Target(
+                    f"writer's worst wait, cleanup of {row['expired']:,}",
+                    f"≤ {WRITER_WAIT_MS:g} ms",
+                    f"{worst:.0f} ms (p99 {row['write_p99_ms']:.0f} ms)",
+                    worst <= WRITER_WAIT_MS,
+                )
+            )
+    for row in _rows(report, "size"):
+        if row.get("contender") in ("sqlite", "sqlite (bulk)"):
+            targets.append(
+                Target(
+                    f"file size, {row['jobs']:,} jobs",
+                    f"≤ {SIZE_BUDGET}x JSON payload",
+                    f"{row['ratio']:.2f}x",
+                    row["ratio"] <= SIZE_BUDGET,
+                )
+            )
+    locked = 0
+    errors = 0
+    measured = False
+    for row in _rows(report, "concurrency"):
+        if row.get("contender") == "sqlite" and "locked" in row:
+            measured = True
+            locked += row["locked"]
+            errors += sum(row["errors"].values())
+    for row in _rows(report, "large-cleanup"):
+        if row.get("contender") == "sqlite":
+            measured = True
+            errors += sum(row["writer_errors"].values())
+            locked += sum(v for k, v in row["writer_errors"].items() if "locked" in k)
+    if measured:
+        targets.append(
+            Target(
+                "'database is locked' reaching a caller",
+                "none",
+                f"{locked} (errors of any kind: {errors})",
+                locked == 0,
+            )
+        )
+    return targets
