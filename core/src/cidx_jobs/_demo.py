@@ -12,6 +12,7 @@ demo can prove that nothing finished twice.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -44,6 +45,10 @@ def _run_phases(store: JobPersistence, job_id: str, start: int, log: Path) -> No
 
 def worker(url: str, log: Path, recover: bool) -> int:
     """One server life: start pending jobs, or (``recover``) resume a dead worker's jobs."""
+    # The library logs recoveries as warnings; show them as part of the account.
+    logging.basicConfig(
+        level=logging.WARNING, format="             worker log: %(message)s", stream=sys.stdout
+    )
     store = open_persistence(url)
     work: list[tuple[str, int]] = []
     if recover:
