@@ -77,7 +77,7 @@ def cidx_jobs_checkpoint_should_write(
 
     Return ``True`` to write, ``False`` to skip, ``None`` to abstain. The
     default always writes. A skipped checkpoint leaves the previous one of the
-    phase in place and ``save_checkpoint`` still returns ``True``.
+    phase in place and ``save_checkpoint`` returns ``True`` if the job exists.
 
     :param job_id: the job the checkpoint belongs to.
     :param phase: the phase it records.

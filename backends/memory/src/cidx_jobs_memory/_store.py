@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -298,14 +299,14 @@ class MemoryJobStore(JobPersistence):
 
     def _find_stale(self, before: datetime, exclude_owner: str, limit: int) -> list[SyncJob]:
         with self._locked():
-            stale = [
-                self._decode(job, metadata_json)
-                for job, metadata_json in self._jobs.values()
-                if job.status in ACTIVE_STATUSES
-                and job.owner_id != exclude_owner
-                and (job.heartbeat_at is None or job.heartbeat_at < before)
-            ]
-            return stale[:limit]
+            stale = (
+                row
+                for row in self._jobs.values()
+                if row[0].status in ACTIVE_STATUSES
+                and row[0].owner_id != exclude_owner
+                and (row[0].heartbeat_at is None or row[0].heartbeat_at < before)
+            )
+            return [self._decode(*row) for row in itertools.islice(stale, limit)]
 
     def _take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
         with self._locked():
