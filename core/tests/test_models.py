@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cidx_jobs import (
     ACTIVE_STATUSES,
@@ -241,3 +244,76 @@ class TestCleanupPolicy:
     def test_naive_now_is_refused(self) -> None:
         with pytest.raises(ValidationError):
             CleanupPolicy.uniform(timedelta(days=1)).cutoffs(datetime(2026, 1, 1))
+
+
+def test_from_trusted_sets_every_field_of_a_job_to_its_own_value() -> None:
+    # from_trusted sets slots through descriptors: each value must land in its own field.
+    values = {
+        field.name: f"value-{field.name}" for field in attrs.fields(SyncJob)
+    }  # distinct values expose a swapped pair
+    job = SyncJob.from_trusted(**values)  # type: ignore[arg-type]
+    assert {name: getattr(job, name) for name in values} == values
+
+
+def test_from_trusted_builds_what_the_validating_constructor_builds() -> None:
+    job = make_job(
+        status=JobStatus.RUNNING,
+        progress=40,
+        phase="indexing",
+        started_at=T0,
+        metadata={"repo": "x"},
+        owner_id="worker-1",
+        heartbeat_at=T0 + timedelta(seconds=5),
+    )
+    trusted = SyncJob.from_trusted(**attrs.asdict(job, recurse=False))
+    assert attrs.asdict(trusted, recurse=False) == attrs.asdict(job, recurse=False)
+    assert trusted == job
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        trusted.progress = 1  # type: ignore[misc]
+
+
+def test_checkpoint_from_trusted_sets_every_field_to_its_own_value() -> None:
+    checkpoint = Checkpoint(job_id="job-1", phase="indexing", data={"n": 1}, created_at=T0)
+    trusted = Checkpoint.from_trusted(**attrs.asdict(checkpoint, recurse=False))
+    assert attrs.asdict(trusted, recurse=False) == attrs.asdict(checkpoint, recurse=False)
+    values = {field.name: f"value-{field.name}" for field in attrs.fields(Checkpoint)}
+    assert attrs.asdict(Checkpoint.from_trusted(**values), recurse=False) == values  # type: ignore[arg-type]
+
+
+def test_metadata_that_contains_itself_is_rejected() -> None:
+    cyclic: dict[str, object] = {"name": "loop"}
+    cyclic["self"] = cyclic
+    with pytest.raises(ValidationError, match="nested deeper") as caught:
+        make_job(metadata=cyclic)
+    assert caught.value.field == "metadata"
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    # lone surrogates cannot be stored, so the models reject them
+    | st.text(st.characters(exclude_categories=("Cs",))),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.text(st.characters(exclude_categories=("Cs",)), max_size=8), inner, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text(max_size=8).filter(str.isprintable), _JSON, max_size=5))
+def test_metadata_encoding_is_what_json_dumps_writes(metadata: dict[str, object]) -> None:
+    # The validator's encoder is built once from json's C parts; it must write exactly
+    # what json.dumps does with the same options, as the stored text is read back by it.
+    from cidx_jobs._validate import encode_json_object
+
+    checked, encoded = encode_json_object(metadata, "metadata")
+    assert checked == metadata
+    assert encoded == json.dumps(
+        metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    )
+    assert json.loads(encoded) == metadata

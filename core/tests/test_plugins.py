@@ -146,6 +146,63 @@ def test_checkpoint_policy_default_and_abstain(pm: pluggy.PluginManager) -> None
     assert hooks.checkpoint_should_write("j", "p", {}, None, NOW) is True
 
 
+def test_a_sole_checkpoint_policy_gets_the_arguments_it_names() -> None:
+    # With the defaults blocked the policy is the only implementation, which the facade
+    # calls without pluggy: each argument must still reach the parameter of its name.
+    pm = get_plugin_manager(load_entrypoints=False, blocked=("cidx_jobs.defaults",))
+    seen: list[tuple[object, ...]] = []
+
+    class Reordered:
+        @hookimpl
+        def cidx_jobs_checkpoint_should_write(self, now, phase, last_written_at):  # type: ignore[no-untyped-def]
+            seen.append((now, phase, last_written_at))
+            return phase != "skip-me"
+
+    pm.register(Reordered(), name="reordered")
+    hooks = Hooks(pm)
+    earlier = NOW - timedelta(seconds=1)
+    assert hooks.checkpoint_should_write("j", "skip-me", {"a": 1}, earlier, NOW) is False
+    assert hooks.checkpoint_should_write("j", "keep", {}, None, NOW) is True
+    assert seen == [(NOW, "skip-me", earlier), (NOW, "keep", None)]
+
+
+def test_a_sole_checkpoint_policy_wrapper_goes_through_pluggy() -> None:
+    pm = get_plugin_manager(load_entrypoints=False, blocked=("cidx_jobs.defaults",))
+    calls: list[str] = []
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def cidx_jobs_checkpoint_should_write(self):  # type: ignore[no-untyped-def]
+            calls.append("before")
+            result = yield
+            calls.append("after")
+            return result
+
+    pm.register(Wrapper(), name="wrapper")
+    # No plain implementation answers, so the wrapper sees None: the default answer, write.
+    assert Hooks(pm).checkpoint_should_write("j", "p", {}, None, NOW) is True
+    assert calls == ["before", "after"]
+
+
+def test_observers_get_the_arguments_they_name(pm: pluggy.PluginManager) -> None:
+    seen: list[tuple[object, ...]] = []
+
+    class Partial:
+        @hookimpl
+        def cidx_jobs_status_changed(self, changed_at, job_id):  # type: ignore[no-untyped-def]
+            seen.append((changed_at, job_id))
+
+    class Full:
+        @hookimpl
+        def cidx_jobs_status_changed(self, job_id, status, error_message, changed_at):  # type: ignore[no-untyped-def]
+            seen.append((job_id, status, error_message, changed_at))
+
+    pm.register(Partial(), name="partial")
+    pm.register(Full(), name="full")
+    Hooks(pm).status_changed("j1", JobStatus.FAILED, "boom", NOW)
+    assert sorted(seen, key=len) == [(NOW, "j1"), ("j1", JobStatus.FAILED, "boom", NOW)]
+
+
 def test_failing_observer_is_logged_and_others_still_run(
     pm: pluggy.PluginManager, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -278,7 +278,7 @@ def _measure(
             calls(
                 sqlite=[bind(store.load_checkpoint, i, "indexing") for i in again],
                 memory=[bind(memory.load_checkpoint, i, "indexing") for i in again],
-                primitive=[bind(primitive._get_checkpoint, i, "indexing") for i in again],
+                primitive=[bind(primitive._get_checkpoint_data, i, "indexing") for i in again],
                 floor=[bind(raw_checkpoint, i) for i in again],
             ),
             rounds,

@@ -39,8 +39,8 @@ INSERT_CHECKPOINT = _codec.INSERT_CHECKPOINT_SQL
 SELECT_JOB = _store._SELECT_JOB
 #: UPDATE of progress and phase (``_store._SET_PROGRESS_PHASE``).
 SET_PROGRESS_PHASE = _store._SET_PROGRESS_PHASE
-#: SELECT of one checkpoint (``_store._SELECT_CHECKPOINT``).
-SELECT_CHECKPOINT = _store._SELECT_CHECKPOINT
+#: What load_checkpoint runs: the data of one checkpoint (``_store._SELECT_CHECKPOINT_DATA``).
+SELECT_CHECKPOINT = _store._SELECT_CHECKPOINT_DATA
 #: The columns every job SELECT returns, in order.
 JOB_COLUMNS = _codec.JOB_COLUMNS
 #: Finished statuses, in the order the backend sorts them for the cleanup.

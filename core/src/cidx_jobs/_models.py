@@ -6,7 +6,7 @@ import base64
 import enum
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -241,21 +241,20 @@ class SyncJob:
         This skips validation, which a backend reading its own rows does not
         need; never pass it user input. Datetimes must be aware UTC.
         """
-        job = object.__new__(cls)
-        set_ = object.__setattr__
-        set_(job, "id", id)
-        set_(job, "user_id", user_id)
-        set_(job, "project_id", project_id)
-        set_(job, "status", status)
-        set_(job, "progress", progress)
-        set_(job, "phase", phase)
-        set_(job, "created_at", created_at)
-        set_(job, "started_at", started_at)
-        set_(job, "completed_at", completed_at)
-        set_(job, "error_message", error_message)
-        set_(job, "metadata", metadata)
-        set_(job, "owner_id", owner_id)
-        set_(job, "heartbeat_at", heartbeat_at)
+        job = _new(cls)
+        _set_job_id(job, id)
+        _set_user_id(job, user_id)
+        _set_project_id(job, project_id)
+        _set_status(job, status)
+        _set_progress(job, progress)
+        _set_phase(job, phase)
+        _set_created_at(job, created_at)
+        _set_started_at(job, started_at)
+        _set_completed_at(job, completed_at)
+        _set_error_message(job, error_message)
+        _set_metadata(job, metadata)
+        _set_owner_id(job, owner_id)
+        _set_heartbeat_at(job, heartbeat_at)
         return job
 
 
@@ -279,13 +278,61 @@ class Checkpoint:
 
         Skips validation, like :meth:`SyncJob.from_trusted`; never pass it user input.
         """
-        checkpoint = object.__new__(cls)
-        set_ = object.__setattr__
-        set_(checkpoint, "job_id", job_id)
-        set_(checkpoint, "phase", phase)
-        set_(checkpoint, "data", data)
-        set_(checkpoint, "created_at", created_at)
+        checkpoint = _new(cls)
+        _set_checkpoint_job_id(checkpoint, job_id)
+        _set_checkpoint_phase(checkpoint, phase)
+        _set_checkpoint_data(checkpoint, data)
+        _set_checkpoint_created_at(checkpoint, created_at)
         return checkpoint
+
+
+# from_trusted builds a model from stored values without validation; a backend calls it
+# for every row it reads. Setting the slots through their descriptors skips the frozen
+# class's __setattr__ and costs about a third of object.__setattr__ per field.
+_new = object.__new__
+_Setter = Callable[[Any, Any], None]
+
+
+def _slot_setters(cls: type, *names: str) -> tuple[_Setter, ...]:
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
+(
+    _set_job_id,
+    _set_user_id,
+    _set_project_id,
+    _set_status,
+    _set_progress,
+    _set_phase,
+    _set_created_at,
+    _set_started_at,
+    _set_completed_at,
+    _set_error_message,
+    _set_metadata,
+    _set_owner_id,
+    _set_heartbeat_at,
+) = _slot_setters(
+    SyncJob,
+    "id",
+    "user_id",
+    "project_id",
+    "status",
+    "progress",
+    "phase",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "error_message",
+    "metadata",
+    "owner_id",
+    "heartbeat_at",
+)
+(
+    _set_checkpoint_job_id,
+    _set_checkpoint_phase,
+    _set_checkpoint_data,
+    _set_checkpoint_created_at,
+) = _slot_setters(Checkpoint, "job_id", "phase", "data", "created_at")
 
 
 def _statuses(value: object) -> frozenset[JobStatus] | None:

@@ -384,8 +384,7 @@ class JobPersistence(abc.ABC):
 
         :raises ValidationError: an id or the phase is invalid.
         """
-        checkpoint = self._get_checkpoint(v.check_id(job_id, "job_id"), v.check_id(phase, "phase"))
-        return None if checkpoint is None else checkpoint.data
+        return self._get_checkpoint_data(v.check_id(job_id, "job_id"), v.check_id(phase, "phase"))
 
     def list_checkpoints(self, job_id: str) -> list[Checkpoint]:
         """Every checkpoint of a job, oldest first (one per phase); empty for an unknown job.
@@ -595,6 +594,15 @@ class JobPersistence(abc.ABC):
     @abc.abstractmethod
     def _get_checkpoint(self, job_id: str, phase: str) -> Checkpoint | None:
         """The checkpoint of this job and phase, or ``None``."""
+
+    def _get_checkpoint_data(self, job_id: str, phase: str) -> dict[str, Any] | None:
+        """The data of the checkpoint of this job and phase, or ``None``.
+
+        Optional: the default reads the whole checkpoint with :meth:`_get_checkpoint`.
+        A backend that can read the data alone for less overrides it.
+        """
+        checkpoint = self._get_checkpoint(job_id, phase)
+        return None if checkpoint is None else checkpoint.data
 
     @abc.abstractmethod
     def _get_checkpoints(self, job_id: str) -> list[Checkpoint]:

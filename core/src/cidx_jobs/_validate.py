@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import ValidationError
 
@@ -92,14 +92,18 @@ def encode_json_object(value: object, field: str) -> tuple[dict[str, Any], str]:
     back equal from JSON is JSON-compatible. Only a failure (or a value deep
     enough to need counting) walks it in Python, to name what is wrong.
     """
-    if not isinstance(value, Mapping):
+    if type(value) is dict:
+        obj: dict[str, Any] = value
+    elif isinstance(value, Mapping):
+        obj = dict(value)
+    else:
         raise ValidationError(f"{field} must be a dict, got {type(value).__name__}", field=field)
-    obj = value if type(value) is dict else dict(value)
     encoded = ""
     try:
-        encoded = encode_json(obj)
-        encoded.encode("utf-8")  # lone surrogates cannot be stored
-        round_trips = _DECODE(encoded) == obj
+        encoded = _encode(obj)
+        if not encoded.isascii():
+            encoded.encode("utf-8")  # lone surrogates cannot be stored
+        round_trips = _scan(encoded, 0)[0] == obj
     except (TypeError, ValueError, RecursionError, UnicodeError):
         round_trips = False
     # A bracket count at or under the limit proves the depth is too.
@@ -158,12 +162,47 @@ def check_text_json(value: str, path: str) -> None:
 # One encoder for the process: json.dumps() with any non-default option builds a
 # new encoder on every call, which costs more than the encoding itself.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-_DECODE = json.JSONDecoder().decode
+# What the decoder's scanner reads is what _encode wrote (one compact value), so the
+# scanner can take it directly: json.loads spends more time checking its argument and
+# skipping whitespace than decoding a small object.
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _not_json(value: object) -> NoReturn:
+    raise TypeError(f"{type(value).__name__} is not JSON-compatible")
+
+
+def _make_encode() -> Callable[[Mapping[str, Any]], str]:
+    # JSONEncoder.encode builds its C encoder again on every call; build it once. It
+    # has no cycle check (markers=None): a cycle raises RecursionError, which the
+    # callers treat as any other encoding failure. Interpreters without the C
+    # encoder use JSONEncoder.encode.
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _ENCODER.encode
+    chunks = make(
+        None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    join = "".join
+
+    def encode(value: Mapping[str, Any]) -> str:
+        return join(chunks(value, 0))
+
+    return encode
+
+
+_encode = _make_encode()
 
 
 def encode_json(value: Mapping[str, Any]) -> str:
-    """Encode an already-checked JSON object compactly."""
-    return _ENCODER.encode(value)
+    """Encode an already-checked JSON object compactly (as ``json.dumps`` with
+    ``ensure_ascii=False, separators=(",", ":"), allow_nan=False``).
+
+    :raises TypeError: a value is not JSON-compatible.
+    :raises ValueError: a float is NaN or infinite.
+    :raises RecursionError: the value contains itself.
+    """
+    return _encode(value)
 
 
 def check_size(encoded: str, limit: int, field: str) -> None:

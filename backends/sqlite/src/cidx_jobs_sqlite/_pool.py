@@ -121,6 +121,10 @@ class ConnectionPool:
                     if slot is None:
                         slot = [None]
                         self._queue.append(slot)
+                        # release() hands back without the lock while nobody is queued;
+                        # one that ran between the checks above and this append left its
+                        # connection idle: look again before sleeping.
+                        continue
                     now = time.monotonic()
                     if deadline is None:
                         deadline = now + self._wait_timeout
@@ -161,6 +165,23 @@ class ConnectionPool:
             except sqlite3.Error:
                 self.discard(conn)
                 return
+        if not self._queue and not self._closed:
+            # Nobody waits: no lock. A thread that queues from now on finds the connection
+            # idle (it looks again after queueing), or is woken below if it queued between
+            # the check above and the append.
+            self._idle.append(conn)
+            if self._queue:
+                with self._cond:
+                    if self._queue:
+                        try:
+                            idle = self._idle.pop()
+                        except IndexError:  # a thread outside the queue took it first
+                            return
+                        self._queue.popleft()[0] = idle
+                        self._cond.notify_all()
+            elif self.closed:  # closed meanwhile (by another thread)
+                self._close_idle()
+            return
         with self._cond:
             if self._queue and not self._closed:
                 self._queue.popleft()[0] = conn

@@ -76,6 +76,7 @@ _SELECT_JOB = f"SELECT {_codec.JOB_COLUMNS_SQL} FROM sync_jobs WHERE id = ?"
 _SET_PROGRESS = "UPDATE sync_jobs SET progress = ? WHERE id = ?"
 _SET_PROGRESS_PHASE = "UPDATE sync_jobs SET progress = ?, phase = ? WHERE id = ?"
 _SELECT_CHECKPOINT = "SELECT data, created_at FROM job_checkpoints WHERE job_id = ? AND phase = ?"
+_SELECT_CHECKPOINT_DATA = "SELECT data FROM job_checkpoints WHERE job_id = ? AND phase = ?"
 _SELECT_CHECKPOINTS = (
     "SELECT phase, data, created_at FROM job_checkpoints WHERE job_id = ? "
     "ORDER BY created_at, phase"
@@ -779,6 +780,16 @@ class SqliteJobStore(JobPersistence):
                 data=_checkpoint_data(row[0]),
                 created_at=EPOCH + MICROSECOND * row[1],
             )
+        except _UNREADABLE as error:
+            raise self._unreadable((job_id, phase), error) from error
+
+    def _get_checkpoint_data(self, job_id: str, phase: str) -> dict[str, Any] | None:
+        # load_checkpoint's own read: the data without building a Checkpoint around it.
+        row = self._fetchone(_SELECT_CHECKPOINT_DATA, (job_id, phase), "loading a checkpoint")
+        if row is None:
+            return None
+        try:
+            return _checkpoint_data(row[0])
         except _UNREADABLE as error:
             raise self._unreadable((job_id, phase), error) from error
 
