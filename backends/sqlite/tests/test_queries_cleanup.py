@@ -6,6 +6,7 @@ import itertools
 import random
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -22,7 +23,8 @@ from cidx_jobs import (
     hookimpl,
     open_persistence,
 )
-from cidx_jobs_sqlite import SqliteJobStore, SqliteOptions
+from cidx_jobs_sqlite import SqliteJobStore, SqliteOptions, _store
+from cidx_jobs_sqlite._store import next_batch_size
 
 from .conftest import OpenStore, make_job, minutes, raw_connect
 
@@ -167,3 +169,68 @@ def test_delete_expired_counts_every_finished_status(store: SqliteJobStore) -> N
         JobStatus.QUEUED,
         JobStatus.RUNNING,
     }
+
+
+# -- batches that adapt to their timing, and the WAL checkpoint after each ------------------
+
+
+def test_the_next_batch_scales_toward_the_target_time_within_bounds() -> None:
+    target = _store._BATCH_SECONDS
+    assert next_batch_size(100, target, 1000) == 100  # on target: unchanged
+    assert next_batch_size(100, target / 1.5, 1000) == 150  # a bit fast: grows to fit
+    assert next_batch_size(100, target / 10, 1000) == 200  # much faster: at most doubles
+    assert next_batch_size(100, target / 10, 120) == 120  # never past the policy's batch_size
+    assert next_batch_size(100, target * 1.25, 1000) == 80  # a bit slow: shrinks to fit
+    assert next_batch_size(100, target * 10, 1000) == 50  # much slower: at most halves
+    assert next_batch_size(1, 10.0, 1000) == 1  # never below one job
+    assert next_batch_size(100, 0.0, 1000) == 200  # an instant batch does not divide by zero
+
+
+def _record_statements(
+    store: SqliteJobStore, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[str, list[object]]]:
+    seen: list[tuple[str, list[object]]] = []
+    run = store._execute
+
+    def recording(mode: int, sql: str, params: Any, doing: str) -> Any:
+        seen.append((sql, list(params)))
+        return run(mode, sql, params, doing)
+
+    monkeypatch.setattr(store, "_execute", recording)
+    return seen
+
+
+def test_a_cleanup_checkpoints_the_wal_after_each_full_batch(
+    store: SqliteJobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the checkpoint, the next small write after a batch copies the batch's pages
+    # into the database itself, and waits that long (the benchmark's writer stall).
+    count = _store._FIRST_BATCH * 3 + 7
+    with store.transaction():
+        for n in range(count):
+            store.save_job(make_job(f"j{n:04d}", status=JobStatus.FAILED, completed_at=minutes(0)))
+            store.save_checkpoint(f"j{n:04d}", "a", {"n": n})
+    seen = _record_statements(store, monkeypatch)
+    assert store.delete_expired_jobs(minutes(10)) == count
+    assert store.count_jobs() == 0
+    deletes = [params[-1] for sql, params in seen if sql.startswith("DELETE")]
+    assert deletes[0] == _store._FIRST_BATCH
+    assert all(1 <= size <= 1000 for size in deletes)
+    assert len(deletes) >= 2
+    kinds = ["checkpoint" if "wal_checkpoint" in sql else "delete" for sql, _ in seen]
+    # Every full batch is followed by a checkpoint; the last (short) one is not.
+    assert kinds == ["delete", "checkpoint"] * (len(deletes) - 1) + ["delete"]
+
+
+def test_a_cleanup_inside_a_transaction_runs_no_checkpoint(
+    store: SqliteJobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = _store._FIRST_BATCH * 2 + 1
+    for n in range(count):
+        store.save_job(make_job(f"j{n:04d}", status=JobStatus.FAILED, completed_at=minutes(0)))
+    seen = _record_statements(store, monkeypatch)
+    with pytest.raises(RuntimeError), store.transaction():
+        assert store.delete_expired_jobs(minutes(10)) == count
+        raise RuntimeError
+    assert not [sql for sql, _ in seen if "wal_checkpoint" in sql]
+    assert store.count_jobs() == count

@@ -137,7 +137,8 @@ def _cases(store: Any, raw: Any) -> list[tuple[str, Any, Any]]:
             "delete_expired_jobs",
             lambda: store.delete_expired_jobs(cutoff),
             lambda: raw.execute(
-                _sqlite.delete_batch_sql(), [*_sqlite.delete_params(cutoff_us), 1000]
+                _sqlite.delete_batch_sql(),
+                [*_sqlite.delete_params(cutoff_us), _sqlite.FIRST_CLEANUP_BATCH],
             ),
         ),
     ]

@@ -39,6 +39,8 @@ INSERT_CHECKPOINT = _codec.INSERT_CHECKPOINT_SQL
 SELECT_JOB = _store._SELECT_JOB
 #: UPDATE of progress and phase (``_store._SET_PROGRESS_PHASE``).
 SET_PROGRESS_PHASE = _store._SET_PROGRESS_PHASE
+#: The size of the backend's first cleanup batch (later ones adapt to their timing).
+FIRST_CLEANUP_BATCH = _store._FIRST_BATCH
 #: What load_checkpoint runs: the data of one checkpoint (``_store._SELECT_CHECKPOINT_DATA``).
 SELECT_CHECKPOINT = _store._SELECT_CHECKPOINT_DATA
 #: The columns every job SELECT returns, in order.
