@@ -16,6 +16,7 @@ from cidx_jobs import (
     Hooks,
     JobPersistence,
     JobStatus,
+    SyncJob,
     get_plugin_manager,
     hookimpl,
     open_persistence,
@@ -146,42 +147,45 @@ def test_checkpoint_policy_default_and_abstain(pm: pluggy.PluginManager) -> None
     assert hooks.checkpoint_should_write("j", "p", {}, None, NOW) is True
 
 
-def test_a_sole_checkpoint_policy_gets_the_arguments_it_names() -> None:
-    # With the defaults blocked the policy is the only implementation, which the facade
-    # calls without pluggy: each argument must still reach the parameter of its name.
-    pm = get_plugin_manager(load_entrypoints=False, blocked=("cidx_jobs.defaults",))
-    seen: list[tuple[object, ...]] = []
-
-    class Reordered:
-        @hookimpl
-        def cidx_jobs_checkpoint_should_write(self, now, phase, last_written_at):  # type: ignore[no-untyped-def]
-            seen.append((now, phase, last_written_at))
-            return phase != "skip-me"
-
-    pm.register(Reordered(), name="reordered")
+def test_the_checkpoint_policy_is_default_only_while_no_other_is_registered() -> None:
+    pm = get_plugin_manager(load_entrypoints=False)
     hooks = Hooks(pm)
-    earlier = NOW - timedelta(seconds=1)
-    assert hooks.checkpoint_should_write("j", "skip-me", {"a": 1}, earlier, NOW) is False
-    assert hooks.checkpoint_should_write("j", "keep", {}, None, NOW) is True
-    assert seen == [(NOW, "skip-me", earlier), (NOW, "keep", None)]
+    assert hooks.checkpoint_policy_is_default()
+
+    class Throttle:
+        @hookimpl
+        def cidx_jobs_checkpoint_should_write(self, last_written_at):  # type: ignore[no-untyped-def]
+            return last_written_at is None
+
+    throttle = Throttle()
+    pm.register(throttle, name="throttle")
+    assert not hooks.checkpoint_policy_is_default()
+    pm.unregister(throttle)
+    assert hooks.checkpoint_policy_is_default()
+    # A replacement that blocks the defaults is not the default, whatever it answers.
+    blocked = get_plugin_manager(load_entrypoints=False, blocked=("cidx_jobs.defaults",))
+    blocked.register(Throttle(), name="cidx_jobs.defaults-lookalike")
+    assert not Hooks(blocked).checkpoint_policy_is_default()
 
 
-def test_a_sole_checkpoint_policy_wrapper_goes_through_pluggy() -> None:
-    pm = get_plugin_manager(load_entrypoints=False, blocked=("cidx_jobs.defaults",))
-    calls: list[str] = []
+def test_a_checkpoint_policy_registered_after_opening_takes_effect_at_once() -> None:
+    # save_checkpoint skips the policy while only the default is registered; a policy
+    # registered later must still be asked, and must see the writes made since.
+    hooks = Hooks()  # with the installed plugins: the memory backend among them
+    store = open_persistence("memory://", hooks=hooks)
+    store.save_job(SyncJob.create(id="j", user_id="u", project_id="p"))
+    assert store.save_checkpoint("j", "indexing", {"n": 1})
 
-    class Wrapper:
-        @hookimpl(wrapper=True)
-        def cidx_jobs_checkpoint_should_write(self):  # type: ignore[no-untyped-def]
-            calls.append("before")
-            result = yield
-            calls.append("after")
-            return result
+    class WriteOnce:
+        @hookimpl
+        def cidx_jobs_checkpoint_should_write(self, last_written_at):  # type: ignore[no-untyped-def]
+            return last_written_at is None
 
-    pm.register(Wrapper(), name="wrapper")
-    # No plain implementation answers, so the wrapper sees None: the default answer, write.
-    assert Hooks(pm).checkpoint_should_write("j", "p", {}, None, NOW) is True
-    assert calls == ["before", "after"]
+    hooks.pm.register(WriteOnce(), name="write-once")
+    assert store.save_checkpoint("j", "indexing", {"n": 2})  # no write remembered: written
+    assert store.save_checkpoint("j", "indexing", {"n": 3})  # skipped, the job exists
+    assert store.load_checkpoint("j", "indexing") == {"n": 2}
+    store.close()
 
 
 def test_observers_get_the_arguments_they_name(pm: pluggy.PluginManager) -> None:

@@ -359,16 +359,19 @@ class JobPersistence(abc.ABC):
         data, data_json = v.encode_json_object(data, "data")
         v.check_size(data_json, self.settings.max_metadata_bytes, "data")
         now = self._now()
-        key = (job_id, phase)
-        last = self._checkpoint_times.get(key)
-        if not self.hooks.checkpoint_should_write(job_id, phase, data, last, now):
+        # The default policy writes every checkpoint and never reads when the last one was
+        # written: with it alone, skip the policy call and the memory it would read.
+        policy = not self.hooks.checkpoint_policy_is_default()
+        if policy and not self.hooks.checkpoint_should_write(
+            job_id, phase, data, self._checkpoint_times.get((job_id, phase)), now
+        ):
             # A read is far cheaper than the write the policy saved.
             return self._get_job(job_id) is not None
         checkpoint = Checkpoint.from_trusted(job_id=job_id, phase=phase, data=data, created_at=now)
         if not self._upsert_checkpoint(checkpoint, data_json):
             return False
         # Deferred like an event: a rolled-back write must not count for throttling.
-        self._emit(self._checkpoint_written, checkpoint)
+        self._emit(self._checkpoint_written if policy else self.hooks.checkpoint_saved, checkpoint)
         return True
 
     def _checkpoint_written(self, checkpoint: Checkpoint) -> None:

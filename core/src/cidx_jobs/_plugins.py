@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pluggy
-from pluggy import HookImpl
 
 from . import _defaults, hookspecs
 from ._models import Checkpoint, CleanupPolicy, CleanupReport, JobStatus, SyncJob
@@ -151,21 +150,19 @@ class Hooks:
         now: datetime,
     ) -> bool:
         """Whether the checkpoint policy wants this checkpoint written (default: yes)."""
-        caller = self.pm.hook.cidx_jobs_checkpoint_should_write
-        impls = caller.get_hookimpls()
-        # Every checkpoint asks this; with one plain implementation (the default, as a
-        # rule) call it directly: pluggy's dispatch costs more than the answer.
-        if len(impls) == 1 and _plain(impls[0]):
-            impl = impls[0]
-            args: tuple[Any, ...] = (job_id, phase, data, last_written_at, now)
-            if impl.argnames != _SHOULD_WRITE_ARGS:
-                args = tuple(args[_SHOULD_WRITE_ARGS.index(name)] for name in impl.argnames)
-            answer = impl.function(*args)
-        else:
-            answer = caller(
-                job_id=job_id, phase=phase, data=data, last_written_at=last_written_at, now=now
-            )
+        answer = self.pm.hook.cidx_jobs_checkpoint_should_write(
+            job_id=job_id, phase=phase, data=data, last_written_at=last_written_at, now=now
+        )
         return answer is not False
+
+    def checkpoint_policy_is_default(self) -> bool:
+        """Whether the default policy, which writes every checkpoint, is the only checkpoint
+        policy (then :meth:`checkpoint_should_write` is always ``True``).
+
+        Checked on every call, so a policy registered later takes effect at once.
+        """
+        impls = self.pm.hook.cidx_jobs_checkpoint_should_write.get_hookimpls()
+        return len(impls) == 1 and impls[0].function is _defaults.cidx_jobs_checkpoint_should_write
 
     def resume_checkpoint(
         self, job: SyncJob, checkpoints: Sequence[Checkpoint], now: datetime, max_age: timedelta
@@ -222,11 +219,3 @@ class Hooks:
                     hook_name,
                     exc_info=sys.exc_info(),
                 )
-
-
-_SHOULD_WRITE_ARGS = ("job_id", "phase", "data", "last_written_at", "now")
-
-
-def _plain(impl: HookImpl) -> bool:
-    """Whether pluggy would call ``impl`` as a plain function (not a wrapper)."""
-    return not (impl.hookwrapper or impl.wrapper)

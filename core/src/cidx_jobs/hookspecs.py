@@ -83,7 +83,8 @@ def cidx_jobs_checkpoint_should_write(
     :param phase: the phase it records.
     :param data: the checkpoint's data (read-only).
     :param last_written_at: when this store instance last wrote a checkpoint
-        for this job and phase, or ``None`` if it has not (since it opened).
+        for this job and phase, or ``None`` if it has not (since it opened, or since
+        a policy other than the default was registered: the default needs no memory).
     :param now: the current time, UTC.
     """
 
