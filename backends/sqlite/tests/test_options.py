@@ -62,7 +62,7 @@ def test_options_come_from_a_mapping(tmp_path: Path) -> None:
 def test_defaults() -> None:
     options = SqliteOptions.parse("jobs.db")
     assert options.path == Path(os.getcwd()) / "jobs.db"
-    assert (options.pool_size, options.busy_timeout_ms, options.synchronous) == (5, 5000, "normal")
+    assert (options.pool_size, options.busy_timeout_ms, options.synchronous) == (10, 5000, "normal")
     assert options.recover_corrupt is True
     assert options.check_on_open == "quick"
     assert options.max_size_mb == 0

@@ -17,7 +17,7 @@ SYNCHRONOUS_LEVELS = ("off", "normal", "full", "extra")
 #: The values of the ``check_on_open`` option.
 CHECK_LEVELS = ("quick", "full", "off")
 
-DEFAULT_POOL_SIZE = 5
+DEFAULT_POOL_SIZE = 10
 MIN_POOL_SIZE = 5
 MAX_POOL_SIZE = 10
 DEFAULT_BUSY_TIMEOUT_MS = 5000
@@ -31,7 +31,7 @@ class SqliteOptions:
     which validate every value.
 
     :ivar path: the database file; missing parent folders are created.
-    :ivar pool_size: the most connections open at once (5..10, default 5).
+    :ivar pool_size: the most connections open at once (5..10, default 10; opened as needed).
     :ivar busy_timeout_ms: how long a call waits for another connection's write lock
         (and for a free pooled connection) before it gives up (default 5000).
     :ivar synchronous: SQLite's ``synchronous`` level: ``normal`` (default; in WAL mode a
