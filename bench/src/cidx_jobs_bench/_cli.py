@@ -82,6 +82,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, help="processes in the concurrency run (default 4)")
     p.add_argument("--duration", type=float, help="seconds per concurrency run")
     p.add_argument(
+        "--pool-size",
+        type=int,
+        help="the SQLite store's pool_size in the threads run (default: the backend's default)",
+    )
+    p.add_argument(
         "--cache-dir",
         type=Path,
         help="where built databases are cached (default $CIDX_JOBS_BENCH_CACHE or "
@@ -100,7 +105,16 @@ def settings_from(args: argparse.Namespace, work_dir: Path) -> Settings:
         changes["sizes"] = tuple(sorted({s for group in args.sizes for s in group}))
     if args.size_jobs:
         changes["size_jobs"] = tuple(sorted({s for group in args.size_jobs for s in group}))
-    for name in ("ops", "rounds", "users", "large_cleanup", "threads", "processes", "duration"):
+    for name in (
+        "ops",
+        "rounds",
+        "users",
+        "large_cleanup",
+        "threads",
+        "processes",
+        "duration",
+        "pool_size",
+    ):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value

@@ -22,6 +22,7 @@ from typing import Any
 
 from cidx_jobs import JobFilter, JobPersistence, JobStatus
 from cidx_jobs_sqlite import _codec
+from cidx_jobs_sqlite._options import DEFAULT_POOL_SIZE
 
 from . import _data, _memory, _report, _sqlite
 from ._report import Report
@@ -294,7 +295,8 @@ def run(settings: Settings, report: Report) -> None:
         path = _sqlite.copy_db(base, settings.work_dir / "concurrency.db")
         try:
             if name == SQLITE:
-                store = _sqlite.open_store(path)
+                pool = {} if settings.pool_size is None else {"pool_size": settings.pool_size}
+                store = _sqlite.open_store(path, **pool)
                 try:
                     ops = [_Api(store, 100 + i, settings.users, known, saves).op for i in range(n)]
                     tally = _threads(ops, settings.duration)
@@ -335,7 +337,8 @@ def run(settings: Settings, report: Report) -> None:
     )
     section.notes.append(
         "Mix: 20% save_job, 25% load_job, 15% update_job_status, 20% update_job_progress, "
-        "10% save_checkpoint, 10% a user's page of 50. Threads share one store (its pool); "
+        "10% save_checkpoint, 10% a user's page of 50. Threads share one store (its pool of "
+        f"{settings.pool_size or DEFAULT_POOL_SIZE} connections); "
         "each process opens its own. The floor gives each worker its own raw connection "
         "with the backend's pragmas and busy timeout. ops per worker: the least and the "
         "most one worker did (a wide range means some were starved). "

@@ -30,6 +30,7 @@ class Settings:
     :ivar threads: threads in the multi-threaded run.
     :ivar processes: processes in the multi-process run.
     :ivar duration: seconds each concurrency run lasts.
+    :ivar pool_size: the SQLite store's ``pool_size`` in the threads run (None: its default).
     :ivar peer_ops: timed calls per peer operation.
     :ivar peer_size_jobs: jobs stored in each peer to measure its file size.
     :ivar memory_max_jobs: the largest query database also loaded into the memory backend.
@@ -64,6 +65,7 @@ class Settings:
     sections: tuple[str, ...]
     cache_dir: Path
     work_dir: Path
+    pool_size: int | None = None
 
     def log(self, message: str) -> None:
         """Progress for the person waiting, on stderr (stdout carries the table)."""
