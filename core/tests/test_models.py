@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 
 import attrs
@@ -317,3 +319,26 @@ def test_metadata_encoding_is_what_json_dumps_writes(metadata: dict[str, object]
         metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False
     )
     assert json.loads(encoded) == metadata
+
+
+def test_cyclic_metadata_is_rejected_even_with_a_raised_recursion_limit() -> None:
+    # Without its cycle check the one-time C encoder recursed until the C stack overflowed
+    # (a segfault) on Python 3.10 and 3.11 once a program raised the recursion limit; the
+    # check runs in a child process so that a crash fails this test instead of the run.
+    code = (
+        "import sys\n"
+        "sys.setrecursionlimit(100_000)\n"
+        "from cidx_jobs._validate import encode_json_object\n"
+        "from cidx_jobs.errors import ValidationError\n"
+        "d = {}\n"
+        "d['self'] = d\n"
+        "try:\n"
+        "    encode_json_object(d, 'data')\n"
+        "except ValidationError as error:\n"
+        "    print('rejected:', error)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("rejected:")

@@ -11,6 +11,9 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
+
+from cidx_jobs.errors import StorageUnavailableError
 from cidx_jobs_sqlite._pool import ConnectionPool
 
 
@@ -125,4 +128,31 @@ def test_a_release_that_lands_while_a_waiter_queues_is_seen(tmp_path: Path) -> N
     assert got == [held], "the waiter slept although the connection was idle"
     pool._queue = collections.deque()
     pool.release(got[0])
+    _close(pool, connections)
+
+
+def test_closing_the_pool_wakes_a_waiter_and_closes_every_connection(tmp_path: Path) -> None:
+    pool, connections = _one_connection_pool(tmp_path)
+    held = pool.acquire()
+    errors: list[Exception] = []
+
+    def wait() -> None:
+        try:
+            pool.acquire()
+        except StorageUnavailableError as error:
+            errors.append(error)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    while not pool._queue:
+        threading.Event().wait(0.001)
+    pool.close()
+    waiter.join(10)
+    assert len(errors) == 1
+    assert "closed" in str(errors[0])
+    assert not pool._queue  # the waiter took its place in the queue with it
+    pool.release(held)  # comes back after close(): closed, not kept
+    assert pool.open_count == 0
+    with pytest.raises(sqlite3.ProgrammingError):
+        held.execute("SELECT 1")
     _close(pool, connections)

@@ -23,6 +23,7 @@ from cidx_jobs import (
     hookimpl,
     open_persistence,
 )
+from cidx_jobs.errors import StorageUnavailableError
 from cidx_jobs_sqlite import SqliteJobStore, SqliteOptions, _store
 from cidx_jobs_sqlite._store import next_batch_size
 
@@ -234,3 +235,24 @@ def test_a_cleanup_inside_a_transaction_runs_no_checkpoint(
         raise RuntimeError
     assert not [sql for sql, _ in seen if "wal_checkpoint" in sql]
     assert store.count_jobs() == count
+
+
+def test_a_failed_wal_checkpoint_does_not_stop_the_cleanup(
+    store: SqliteJobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checkpoint between batches only saves time: the batches already deleted must be
+    # counted and reported, and the cleanup must go on.
+    count = _store._FIRST_BATCH * 2 + 3
+    with store.transaction():
+        for n in range(count):
+            store.save_job(make_job(f"j{n:04d}", status=JobStatus.FAILED, completed_at=minutes(0)))
+    run = store._execute
+
+    def failing_checkpoint(mode: int, sql: str, params: Any, doing: str) -> Any:
+        if "wal_checkpoint" in sql:
+            raise StorageUnavailableError("disk I/O error while checkpointing the WAL")
+        return run(mode, sql, params, doing)
+
+    monkeypatch.setattr(store, "_execute", failing_checkpoint)
+    assert store.delete_expired_jobs(minutes(10)) == count
+    assert store.count_jobs() == 0

@@ -4,7 +4,7 @@ The floor is raw sqlite3 running the backend's batched DELETE (``rowid IN (SELEC
 LIMIT 1000)``, with the foreign key's cascade deleting the checkpoints) until a batch
 comes back short: the plain loop a hand-written purge would run. The backend runs the same
 statement with smaller batches that adapt to hold the write lock about 20 ms each, and a
-WAL checkpoint after each, so that other writers never wait long: that is what its ratio
+WAL checkpoint after each full batch, so that other writers never wait long: that is what its ratio
 to the floor pays for. ``floor one DELETE`` is the unbounded single statement, for
 reference.
 """
@@ -159,7 +159,7 @@ def run(settings: Settings, report: Report) -> None:
         "delete_expired_jobs() or the floor's statement. The WAL is checkpointed before each "
         "timed run. The floor deletes 1,000 jobs per statement; the backend starts at "
         f"{_sqlite.FIRST_CLEANUP_BATCH} and adapts each batch to hold the write lock about "
-        "20 ms, with a WAL checkpoint after each. Target: sqlite ≤ 1.5x floor."
+        "20 ms, with a WAL checkpoint after each full batch. Target: sqlite ≤ 1.5x floor."
     )
 
 

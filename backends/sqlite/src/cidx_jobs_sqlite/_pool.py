@@ -103,8 +103,13 @@ class ConnectionPool:
             try:
                 while True:
                     if self._closed:
-                        if slot is not None and slot[0] is not None:
-                            self._idle.append(slot[0])
+                        if slot is not None:
+                            handed = slot[0]
+                            if handed is None:
+                                self._queue.remove(slot)
+                            else:  # handed over as the pool closed: nobody will use it
+                                self._all.discard(handed)
+                                _close_quietly(handed)
                         raise self._closed_error()
                     if slot is not None and slot[0] is not None:
                         return slot[0]
@@ -131,9 +136,11 @@ class ConnectionPool:
                     if now >= deadline:
                         self._queue.remove(slot)
                         raise StorageUnavailableError(
-                            f"all {self._size} connections to {self._describe} stayed in use for "
-                            f"{self._wait_timeout:g} s; long transaction() blocks or many "
-                            "threads hold them (raise pool_size, or shorten the blocks)"
+                            f"all {self._size} connections (pool_size) to {self._describe} "
+                            f"stayed in use for {self._wait_timeout:g} s; long transaction() "
+                            "blocks or more threads than connections hold them (shorten the "
+                            "blocks, call the store from fewer threads at once, or raise "
+                            "pool_size if it is below its maximum of 10)"
                         )
                     self._cond.wait(deadline - now)
             finally:
@@ -172,14 +179,15 @@ class ConnectionPool:
             self._idle.append(conn)
             if self._queue:
                 with self._cond:
-                    if self._queue:
+                    if self._queue and not self._closed:
                         try:
                             idle = self._idle.pop()
                         except IndexError:  # a thread outside the queue took it first
                             return
                         self._queue.popleft()[0] = idle
                         self._cond.notify_all()
-            elif self.closed:  # closed meanwhile (by another thread)
+                        return
+            if self.closed:  # closed meanwhile (by another thread)
                 self._close_idle()
             return
         with self._cond:

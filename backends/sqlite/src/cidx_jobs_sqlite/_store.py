@@ -772,9 +772,13 @@ class SqliteJobStore(JobPersistence):
 
         A cleanup calls this after each batch: otherwise the next writer whose commit finds
         the log past its autocheckpoint size copies the cleanup's pages itself, and waits
-        that long for its own small write.
+        that long for its own small write. It only saves time: a failure is logged and
+        the cleanup goes on (a broken disk fails its next batch with a typed error).
         """
-        self._execute(_ALL, "PRAGMA wal_checkpoint(PASSIVE)", (), "checkpointing the WAL")
+        try:
+            self._execute(_ALL, "PRAGMA wal_checkpoint(PASSIVE)", (), "checkpointing the WAL")
+        except StorageError as error:
+            logger.debug("the WAL checkpoint after a cleanup batch failed: %s", error)
 
     def _upsert_checkpoint(self, checkpoint: Checkpoint, data_json: str) -> bool:
         try:
