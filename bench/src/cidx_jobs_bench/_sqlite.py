@@ -278,6 +278,20 @@ def _is_index(statement: str) -> bool:
     return statement.lstrip().upper().startswith(("CREATE INDEX", "CREATE UNIQUE INDEX"))
 
 
+def _dropped_index(statement: str) -> str | None:
+    """The name of the index a ``DROP INDEX name`` statement drops, else None."""
+    words = statement.split()
+    if len(words) == 3 and [w.upper() for w in words[:2]] == ["DROP", "INDEX"]:
+        return words[2]
+    return None
+
+
+def _index_name(statement: str) -> str:
+    # CREATE [UNIQUE] INDEX name ON ...
+    words = statement.split()
+    return words[words.index("ON") - 1]
+
+
 def build_db(
     path: Path,
     job_rows: Iterable[tuple[Any, ...]],
@@ -304,7 +318,11 @@ def build_db(
         deferred: list[str] = []
         for migration in MIGRATIONS:
             for statement in migration.statements:
-                if simple and _is_index(statement):
+                dropped = _dropped_index(statement) if simple else None
+                if dropped is not None:
+                    # A later migration rebuilds an index: never build the old one.
+                    deferred = [d for d in deferred if _index_name(d) != dropped]
+                elif simple and _is_index(statement):
                     deferred.append(statement)
                 else:
                     conn.execute(statement)
