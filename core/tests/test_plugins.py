@@ -262,3 +262,21 @@ def test_a_plugin_that_fails_to_import_is_named(monkeypatch: pytest.MonkeyPatch)
         get_plugin_manager()
     # Blocking it is the documented way out.
     assert get_plugin_manager(blocked=("broken-backend",)).is_blocked("broken-backend")
+
+
+def test_the_event_arguments_follow_the_hook_specifications(pm: pluggy.PluginManager) -> None:
+    # The facade calls observers positionally in this order; a name out of step with the
+    # specification would hand an observer the wrong value.
+    from cidx_jobs._plugins import EVENT_ARGS
+
+    events = {name for name in dir(pm.hook) if name.startswith("cidx_jobs_")} - {
+        "cidx_jobs_register_backends",
+        "cidx_jobs_cleanup_policy",
+        "cidx_jobs_checkpoint_should_write",
+        "cidx_jobs_resume_checkpoint",
+    }
+    assert set(EVENT_ARGS) == events
+    for name, args in EVENT_ARGS.items():
+        spec = getattr(pm.hook, name).spec
+        assert spec is not None
+        assert args == tuple(spec.argnames), name

@@ -84,6 +84,16 @@ def _load_entrypoints(pm: pluggy.PluginManager) -> None:
             ) from error
 
 
+#: The arguments of each event hook in the order of its specification: the facade passes
+#: them positionally to an observer that takes all of them, by name to one that takes some.
+EVENT_ARGS: dict[str, tuple[str, ...]] = {
+    "cidx_jobs_job_saved": ("job",),
+    "cidx_jobs_status_changed": ("job_id", "status", "error_message", "changed_at"),
+    "cidx_jobs_checkpoint_saved": ("checkpoint",),
+    "cidx_jobs_cleanup_done": ("report",),
+}
+
+
 class Hooks:
     """The typed facade through which the library calls its hooks.
 
@@ -186,26 +196,23 @@ class Hooks:
     # -- events --------------------------------------------------------------------
 
     def job_saved(self, job: SyncJob) -> None:
-        self._notify("cidx_jobs_job_saved", ("job",), (job,))
+        self._notify("cidx_jobs_job_saved", (job,))
 
     def status_changed(
         self, job_id: str, status: JobStatus, error_message: str | None, changed_at: datetime
     ) -> None:
-        self._notify(
-            "cidx_jobs_status_changed",
-            ("job_id", "status", "error_message", "changed_at"),
-            (job_id, status, error_message, changed_at),
-        )
+        self._notify("cidx_jobs_status_changed", (job_id, status, error_message, changed_at))
 
     def checkpoint_saved(self, checkpoint: Checkpoint) -> None:
-        self._notify("cidx_jobs_checkpoint_saved", ("checkpoint",), (checkpoint,))
+        self._notify("cidx_jobs_checkpoint_saved", (checkpoint,))
 
     def cleanup_done(self, report: CleanupReport) -> None:
-        self._notify("cidx_jobs_cleanup_done", ("report",), (report,))
+        self._notify("cidx_jobs_cleanup_done", (report,))
 
-    def _notify(self, hook_name: str, names: tuple[str, ...], args: tuple[Any, ...]) -> None:
+    def _notify(self, hook_name: str, args: tuple[Any, ...]) -> None:
         # Each observer is called on its own: one that raises is logged and the
         # others still run; the write they observe has already happened.
+        names = EVENT_ARGS[hook_name]
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             try:
                 if impl.argnames == names:

@@ -89,9 +89,12 @@ def check_json_object(value: object, field: str) -> dict[str, Any]:
 def encode_json_object(value: object, field: str) -> tuple[dict[str, Any], str]:
     """Check ``value`` as :func:`check_json_object` does and return it with its encoding.
 
-    The common case costs one encode and one decode in C: a value that comes
-    back equal from JSON is JSON-compatible. Only a failure (or a value deep
-    enough to need counting) walks it in Python, to name what is wrong.
+    The common case costs one encode in C, and for a nested value one decode: a
+    value that comes back equal from JSON is JSON-compatible. Only a failure (or
+    a value deep enough to need counting) walks it in Python, to name what is wrong.
+
+    :raises ValidationError: ``value`` is not a JSON-compatible dict (the message
+        names the offending key or value).
     """
     if type(value) is dict:
         obj: dict[str, Any] = value
