@@ -187,6 +187,15 @@ def test_the_next_batch_scales_toward_the_target_time_within_bounds() -> None:
     assert next_batch_size(100, 0.0, 1000) == 200  # an instant batch does not divide by zero
 
 
+def _save_expired(store: SqliteJobStore, count: int, *, checkpoints: bool = False) -> None:
+    """``count`` failed jobs, finished long ago, saved in one transaction."""
+    with store.transaction():
+        for n in range(count):
+            store.save_job(make_job(f"j{n:04d}", status=JobStatus.FAILED, completed_at=minutes(0)))
+            if checkpoints:
+                store.save_checkpoint(f"j{n:04d}", "a", {"n": n})
+
+
 def _record_statements(
     store: SqliteJobStore, monkeypatch: pytest.MonkeyPatch
 ) -> list[tuple[str, list[object]]]:
@@ -207,10 +216,7 @@ def test_a_cleanup_checkpoints_the_wal_after_each_full_batch(
     # Without the checkpoint, the next small write after a batch copies the batch's pages
     # into the database itself, and waits that long (the benchmark's writer stall).
     count = _store._FIRST_BATCH * 3 + 7
-    with store.transaction():
-        for n in range(count):
-            store.save_job(make_job(f"j{n:04d}", status=JobStatus.FAILED, completed_at=minutes(0)))
-            store.save_checkpoint(f"j{n:04d}", "a", {"n": n})
+    _save_expired(store, count, checkpoints=True)
     seen = _record_statements(store, monkeypatch)
     assert store.delete_expired_jobs(minutes(10)) == count
     assert store.count_jobs() == 0
@@ -227,8 +233,7 @@ def test_a_cleanup_inside_a_transaction_runs_no_checkpoint(
     store: SqliteJobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     count = _store._FIRST_BATCH * 2 + 1
-    for n in range(count):
-        store.save_job(make_job(f"j{n:04d}", status=JobStatus.FAILED, completed_at=minutes(0)))
+    _save_expired(store, count)
     seen = _record_statements(store, monkeypatch)
     with pytest.raises(RuntimeError), store.transaction():
         assert store.delete_expired_jobs(minutes(10)) == count
@@ -243,9 +248,7 @@ def test_a_failed_wal_checkpoint_does_not_stop_the_cleanup(
     # The checkpoint between batches only saves time: the batches already deleted must be
     # counted and reported, and the cleanup must go on.
     count = _store._FIRST_BATCH * 2 + 3
-    with store.transaction():
-        for n in range(count):
-            store.save_job(make_job(f"j{n:04d}", status=JobStatus.FAILED, completed_at=minutes(0)))
+    _save_expired(store, count)
     run = store._execute
 
     def failing_checkpoint(mode: int, sql: str, params: Any, doing: str) -> Any:

@@ -770,7 +770,7 @@ class SqliteJobStore(JobPersistence):
     def _checkpoint_wal(self) -> None:
         """Copy the write-ahead log into the database now, without waiting for anyone.
 
-        A cleanup calls this after each batch: otherwise the next writer whose commit finds
+        A cleanup calls this after each full batch: otherwise the next writer whose commit finds
         the log past its autocheckpoint size copies the cleanup's pages itself, and waits
         that long for its own small write. It only saves time: a failure is logged and
         the cleanup goes on (a broken disk fails its next batch with a typed error).
