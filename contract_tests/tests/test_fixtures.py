@@ -7,15 +7,23 @@ import pytest
 # Imported before pytester's snapshot of sys.modules, so that inner runs reuse them
 # instead of importing (and assertion-rewriting) them again.
 import cidx_jobs_memory  # noqa: F401
+from cidx_jobs import Hooks
+from cidx_jobs.backend import Capability
 from cidx_jobs_contract import Capabilities, CrudContract, JobStoreContract, requires
 from cidx_jobs_contract._capabilities import required_by, skip_reason
 
 pytest_plugins = ["pytester"]
 
 _HEADER = """
+import contextlib
 import pytest
-from cidx_jobs import open_persistence
+from cidx_jobs.backend import Backend
+from cidx_jobs_memory import MemoryStorage
 from cidx_jobs_contract import Capabilities, CrudContract, JobStoreContract, PersistenceContract
+
+
+def memory_factory(config):
+    return MemoryStorage.from_config(config)
 
 """
 
@@ -25,16 +33,16 @@ def _run(pytester: pytest.Pytester, body: str, *arguments: str) -> pytest.RunRes
     return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs", *arguments)
 
 
-def test_a_subclass_that_does_not_override_store_is_told_how(pytester: pytest.Pytester) -> None:
+def test_a_subclass_that_does_not_name_its_backend_is_told_how(pytester: pytest.Pytester) -> None:
     assert "test_load_of_an_unknown_id_returns_none" in dir(JobStoreContract)
     result = _run(
         pytester,
-        "class TestNoStore(JobStoreContract):\n    pass\n",
+        "class TestNoBackend(JobStoreContract):\n    pass\n",
         "-k",
         "test_load_of_an_unknown_id",
     )
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*TestNoStore must override the `store` fixture*"])
+    result.stdout.fnmatch_lines(["*TestNoBackend must override the `base_config` fixture*"])
 
 
 def test_only_the_subclass_is_collected(pytester: pytest.Pytester) -> None:
@@ -43,14 +51,41 @@ def test_only_the_subclass_is_collected(pytester: pytest.Pytester) -> None:
         """
 class TestCrudOnly(CrudContract):
     @pytest.fixture
-    def store(self):
-        with open_persistence("memory://") as store:
-            yield store
+    def base_config(self):
+        return "memory://"
 """,
     )
     # the imported mixins themselves are not collected: only the subclass's tests run
     names = [name for name in dir(CrudContract) if name.startswith("test_")]
     result.assert_outcomes(passed=len(names))
+
+
+def test_the_capabilities_come_from_the_registration() -> None:
+    memory = Hooks().backends()["memory"]
+    assert memory.capabilities == {Capability.CONCURRENT_THREADS}
+    assert Capabilities.from_declared(memory.capabilities) == Capabilities(concurrent_threads=True)
+    assert Capabilities.from_declared(["persistent", Capability.FAULT_INJECTION]) == Capabilities(
+        persistent=True, fault_injection=True
+    )
+
+
+def test_declared_capabilities_run_their_tests_without_an_override(
+    pytester: pytest.Pytester,
+) -> None:
+    result = _run(
+        pytester,
+        """
+class TestMemory(JobStoreContract):
+    @pytest.fixture
+    def base_config(self):
+        return "memory://"
+""",
+        "-k",
+        "test_compare_and_set_has_exactly_one_winner or survives_close",
+    )
+    # concurrent_threads is declared by the memory backend, persistent is not
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED*needs capability 'persistent'*"])
 
 
 def test_a_missing_capability_skips_visibly_naming_it(pytester: pytest.Pytester) -> None:
@@ -59,9 +94,8 @@ def test_a_missing_capability_skips_visibly_naming_it(pytester: pytest.Pytester)
         """
 class TestSingleThreaded(JobStoreContract):
     @pytest.fixture
-    def store(self):
-        with open_persistence("memory://") as store:
-            yield store
+    def base_config(self):
+        return "memory://"
 
     @pytest.fixture
     def capabilities(self):
@@ -76,17 +110,62 @@ class TestSingleThreaded(JobStoreContract):
     result.stdout.fnmatch_lines(["SKIPPED*needs capability 'concurrent_threads'*"])
 
 
-def test_declaring_persistent_without_a_way_to_reopen_fails_helpfully(
-    pytester: pytest.Pytester,
-) -> None:
+def test_a_backend_without_a_scratch_factory_is_told_how(pytester: pytest.Pytester) -> None:
+    result = _run(
+        pytester,
+        """
+class TestNoScratch(CrudContract):
+    @pytest.fixture
+    def base_config(self):
+        return "memory://"
+
+    @pytest.fixture
+    def backend(self):
+        return Backend(name="memory", plugin="test-plugin", factory=memory_factory)
+""",
+        "-k",
+        "test_load_of_an_unknown_id",
+    )
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*backend 'memory' (plugin 'test-plugin') registered no scratch*"])
+
+
+def test_a_scratch_factory_that_leaves_files_behind_fails(pytester: pytest.Pytester) -> None:
+    result = _run(
+        pytester,
+        """
+@contextlib.contextmanager
+def leaky_scratch(base, workdir):
+    (workdir / "left-over.db").write_text("")
+    yield "memory://"
+
+
+class TestLeaky(CrudContract):
+    @pytest.fixture
+    def base_config(self):
+        return "memory://"
+
+    @pytest.fixture
+    def backend(self):
+        return Backend(
+            name="memory", plugin="test-plugin", factory=memory_factory, scratch=leaky_scratch
+        )
+""",
+        "-k",
+        "test_load_of_an_unknown_id",
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*scratch factory of backend 'memory' left*left-over.db*behind*"])
+
+
+def test_declaring_persistent_on_a_backend_that_forgets_fails(pytester: pytest.Pytester) -> None:
     result = _run(
         pytester,
         """
 class TestClaimsPersistence(PersistenceContract):
     @pytest.fixture
-    def store(self):
-        with open_persistence("memory://") as store:
-            yield store
+    def base_config(self):
+        return "memory://"
 
     @pytest.fixture
     def capabilities(self):
@@ -96,7 +175,6 @@ class TestClaimsPersistence(PersistenceContract):
         "survives",
     )
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*override the `store_config` fixture*"])
 
 
 def test_a_capabilities_fixture_of_the_wrong_type_is_an_error(pytester: pytest.Pytester) -> None:
@@ -105,9 +183,8 @@ def test_a_capabilities_fixture_of_the_wrong_type_is_an_error(pytester: pytest.P
         """
 class TestWrongCapabilities(CrudContract):
     @pytest.fixture
-    def store(self):
-        with open_persistence("memory://") as store:
-            yield store
+    def base_config(self):
+        return "memory://"
 
     @pytest.fixture
     def capabilities(self):
@@ -121,12 +198,21 @@ class TestWrongCapabilities(CrudContract):
 
 
 def test_capabilities_name_and_describe_every_flag() -> None:
-    assert Capabilities.names() == ("persistent", "concurrent_threads", "multi_process")
+    assert Capabilities.names() == (
+        "persistent",
+        "concurrent_threads",
+        "multi_process",
+        "fault_injection",
+    )
+    assert set(Capabilities.names()) == {capability.value for capability in Capability}
     for name in Capabilities.names():
         assert Capabilities.describe(name)
     with pytest.raises(ValueError, match="flying"):
         Capabilities.describe("flying")
-    assert Capabilities().missing(["persistent", "concurrent_threads"]) == ["persistent"]
+    assert Capabilities().missing(["persistent", "concurrent_threads"]) == [
+        "persistent",
+        "concurrent_threads",
+    ]
     assert Capabilities(persistent=True, concurrent_threads=False).missing(
         ["persistent", "concurrent_threads"]
     ) == ["concurrent_threads"]

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cidx_jobs import FINISHED_STATUSES, JobFilter, JobStatus, StatusChange, SyncJob
+from cidx_jobs import FINISHED_STATUSES, JobFilter, JobStatus, SyncJob
+from cidx_jobs.backend import StatusChange
 from cidx_jobs.errors import DuplicateJobError, ValidationError
 from cidx_jobs_contract import ReferenceModel
 from cidx_jobs_contract._base import T0, new_job

@@ -6,7 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from cidx_jobs import Options, StoreSettings, open_persistence, parse_config
+from cidx_jobs import StoreSettings, open_persistence, parse_config
+from cidx_jobs.backend import Options
 from cidx_jobs.errors import BackendNotFoundError, ConfigError
 
 
@@ -25,7 +26,19 @@ from cidx_jobs.errors import BackendNotFoundError, ConfigError
         (
             "postgresql://user@db.example/jobs",
             "postgresql",
-            {"netloc": "user@db.example", "path": "jobs"},
+            {"username": "user", "host": "db.example", "path": "jobs"},
+        ),
+        (
+            "postgresql://us%40er:p%3Aw%2Fd@[::1]:6543/my%20db?sslmode=require",
+            "postgresql",
+            {
+                "username": "us@er",
+                "password": "p:w/d",
+                "host": "::1",
+                "port": 6543,
+                "path": "my db",
+                "sslmode": "require",
+            },
         ),
     ],
 )
@@ -50,6 +63,9 @@ def test_parse_mapping() -> None:
         ({"path": "x.db"}, "backend"),
         ({"backend": ""}, "backend"),
         ({"backend": "memory", 3: "x"}, "3"),
+        ("sqlite:///x.db?path=y.db", "path"),
+        ("postgresql://db:99999/jobs", "port"),
+        ("postgresql://db/jobs?host=other", "host"),
         (42, "url"),
     ],
 )
@@ -89,6 +105,8 @@ class TestOptions:
             ({"n": "maybe"}, lambda o: o.get_bool("n", True)),
             ({"n": "other"}, lambda o: o.get_choice("n", "a", ("a", "b"))),
             ({"n": 5}, lambda o: o.get_str("n")),
+            ({"n": "1_000"}, lambda o: o.get_int("n", 1, minimum=0, maximum=10**6)),
+            ({"n": "\uff15"}, lambda o: o.get_int("n", 1, minimum=0, maximum=10)),  # full-width 5
         ],
     )
     def test_bad_values_name_the_option(self, values: dict[str, object], read: object) -> None:

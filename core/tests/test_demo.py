@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -54,6 +55,10 @@ def test_info_lists_the_installed_backends(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "sqlite" in result.stdout
     assert "memory" in result.stdout
+    # each entry-point plugin with the distribution and version it came from
+    for dist in ("cidx-jobs-sqlite", "cidx-jobs-memory"):
+        assert f"{dist} {importlib.metadata.version(dist)}" in result.stdout
+    assert "persistent" in result.stdout  # the sqlite backend's declared capabilities
 
 
 def test_a_configuration_error_is_reported_without_a_traceback(tmp_path: Path) -> None:

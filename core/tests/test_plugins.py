@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -10,17 +11,19 @@ import pluggy
 import pytest
 
 from cidx_jobs import (
-    BackendConfig,
     CleanupPolicy,
     CleanupReport,
     Hooks,
     JobPersistence,
     JobStatus,
     SyncJob,
+    find_backend,
     get_plugin_manager,
     hookimpl,
     open_persistence,
 )
+from cidx_jobs._plugins import check_plugins
+from cidx_jobs.backend import BackendConfig, Capability
 from cidx_jobs.errors import PluginError
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -89,15 +92,57 @@ def test_entry_point_plugins_are_loaded_and_can_be_blocked(
     assert "memory" not in Hooks(pm).backends()
 
 
-def test_factory_receives_config_and_hooks(pm: pluggy.PluginManager) -> None:
+def test_factory_receives_the_backend_config(pm: pluggy.PluginManager) -> None:
     pm.register(backend_plugin("echo"), name="echo")
-    hooks = Hooks(pm)
-    config = open_persistence("echo:///some/where.db?extra=1", hooks=hooks)
-    assert isinstance(config, BackendConfig)  # the echo factory returns its config
+    url = "echo://me:s%40cret@db.example:7/some/where.db?extra=1&retention_days=2"
+    backend, config, settings = find_backend(url, hooks=Hooks(pm))
+    assert backend.name == "echo"
+    assert backend.plugin == "echo"
+    assert isinstance(config, BackendConfig)
     assert config.path == "some/where.db"
+    assert (config.host, config.port, config.username, config.password) == (
+        "db.example",
+        7,
+        "me",
+        "s@cret",
+    )
+    assert "s@cret" not in repr(config)
+    # the common options are core's: they never reach the backend
     assert config.options == {"extra": "1"}
-    assert config.hooks is hooks
-    assert config.url == "echo:///some/where.db?extra=1"
+    assert settings.retention == timedelta(days=2)
+    assert config.url == url
+
+
+def test_a_factory_must_return_a_storage(pm: pluggy.PluginManager) -> None:
+    pm.register(backend_plugin("echo"), name="echo")  # its factory returns the config
+    with pytest.raises(PluginError, match=r"'echo'.*not a cidx_jobs\.backend\.Storage"):
+        open_persistence("echo://", hooks=Hooks(pm))
+
+
+def test_registration_records_capabilities_and_scratch(pm: pluggy.PluginManager) -> None:
+    def scratch(base, workdir):  # type: ignore[no-untyped-def]
+        raise AssertionError("not called")
+
+    class Plugin:
+        @hookimpl
+        def cidx_jobs_register_backends(self, register):  # type: ignore[no-untyped-def]
+            register("caps", lambda config: config, capabilities=["persistent"], scratch=scratch)
+
+    pm.register(Plugin(), name="caps-plugin")
+    backend = Hooks(pm).backends()["caps"]
+    assert backend.capabilities == frozenset({Capability.PERSISTENT})
+    assert backend.scratch is scratch
+
+
+def test_an_unknown_capability_names_the_plugin(pm: pluggy.PluginManager) -> None:
+    class Plugin:
+        @hookimpl
+        def cidx_jobs_register_backends(self, register):  # type: ignore[no-untyped-def]
+            register("caps", lambda config: config, capabilities=["teleport"])
+
+    pm.register(Plugin(), name="caps-plugin")
+    with pytest.raises(PluginError, match=r"'caps-plugin'.*teleport.*persistent"):
+        Hooks(pm).backends()
 
 
 def test_default_cleanup_policy(pm: pluggy.PluginManager) -> None:
@@ -127,24 +172,24 @@ def test_blocking_the_defaults_without_a_replacement_is_an_error() -> None:
 
 def test_checkpoint_policy_default_and_abstain(pm: pluggy.PluginManager) -> None:
     hooks = Hooks(pm)
-    assert hooks.checkpoint_should_write("j", "p", {}, None, NOW) is True
+    assert hooks.checkpoint_policy("j", "p", {}, None, NOW) is True
 
     class Abstain:
         @hookimpl
-        def cidx_jobs_checkpoint_should_write(self):  # type: ignore[no-untyped-def]
+        def cidx_jobs_checkpoint_policy(self):  # type: ignore[no-untyped-def]
             return None
 
     pm.register(Abstain(), name="abstain")
-    assert hooks.checkpoint_should_write("j", "p", {}, NOW, NOW) is True
+    assert hooks.checkpoint_policy("j", "p", {}, NOW, NOW) is True
 
     class Throttle:
         @hookimpl
-        def cidx_jobs_checkpoint_should_write(self, last_written_at, now):  # type: ignore[no-untyped-def]
+        def cidx_jobs_checkpoint_policy(self, last_written_at, now):  # type: ignore[no-untyped-def]
             return last_written_at is None or now - last_written_at > timedelta(seconds=5)
 
     pm.register(Throttle(), name="throttle")
-    assert hooks.checkpoint_should_write("j", "p", {}, NOW, NOW) is False
-    assert hooks.checkpoint_should_write("j", "p", {}, None, NOW) is True
+    assert hooks.checkpoint_policy("j", "p", {}, NOW, NOW) is False
+    assert hooks.checkpoint_policy("j", "p", {}, None, NOW) is True
 
 
 def test_the_checkpoint_policy_is_default_only_while_no_other_is_registered() -> None:
@@ -154,7 +199,7 @@ def test_the_checkpoint_policy_is_default_only_while_no_other_is_registered() ->
 
     class Throttle:
         @hookimpl
-        def cidx_jobs_checkpoint_should_write(self, last_written_at):  # type: ignore[no-untyped-def]
+        def cidx_jobs_checkpoint_policy(self, last_written_at):  # type: ignore[no-untyped-def]
             return last_written_at is None
 
     throttle = Throttle()
@@ -178,7 +223,7 @@ def test_a_checkpoint_policy_registered_after_opening_takes_effect_at_once() -> 
 
     class WriteOnce:
         @hookimpl
-        def cidx_jobs_checkpoint_should_write(self, last_written_at):  # type: ignore[no-untyped-def]
+        def cidx_jobs_checkpoint_policy(self, last_written_at):  # type: ignore[no-untyped-def]
             return last_written_at is None
 
     hooks.pm.register(WriteOnce(), name="write-once")
@@ -264,19 +309,129 @@ def test_a_plugin_that_fails_to_import_is_named(monkeypatch: pytest.MonkeyPatch)
     assert get_plugin_manager(blocked=("broken-backend",)).is_blocked("broken-backend")
 
 
-def test_the_event_arguments_follow_the_hook_specifications(pm: pluggy.PluginManager) -> None:
-    # The facade calls observers positionally in this order; a name out of step with the
-    # specification would hand an observer the wrong value.
-    from cidx_jobs._plugins import EVENT_ARGS
+class _Recorder:
+    """Observers that append (plugin, hook, arguments) to one shared list."""
 
-    events = {name for name in dir(pm.hook) if name.startswith("cidx_jobs_")} - {
-        "cidx_jobs_register_backends",
-        "cidx_jobs_cleanup_policy",
-        "cidx_jobs_checkpoint_should_write",
-        "cidx_jobs_resume_checkpoint",
-    }
-    assert set(EVENT_ARGS) == events
-    for name, args in EVENT_ARGS.items():
-        spec = getattr(pm.hook, name).spec
-        assert spec is not None
-        assert args == tuple(spec.argnames), name
+    def __init__(self, name: str, calls: list[tuple[str, object]]) -> None:
+        self.name = name
+        self.calls = calls
+
+    @hookimpl
+    def cidx_jobs_status_changed(self, job_id, status, error_message, changed_at):  # type: ignore[no-untyped-def]
+        self.calls.append((self.name, (job_id, status, error_message, changed_at)))
+
+
+def test_observers_run_in_pluggys_order(pm: pluggy.PluginManager) -> None:
+    calls: list[tuple[str, object]] = []
+
+    class First(_Recorder):
+        @hookimpl(tryfirst=True)
+        def cidx_jobs_status_changed(self, job_id, status, error_message, changed_at):  # type: ignore[no-untyped-def]
+            self.calls.append((self.name, job_id))
+
+    class Last(_Recorder):
+        @hookimpl(trylast=True)
+        def cidx_jobs_status_changed(self, job_id):  # type: ignore[no-untyped-def]
+            self.calls.append((self.name, job_id))
+
+    for plugin in (
+        Last("last", calls),
+        First("first", calls),
+        _Recorder("a", calls),
+        _Recorder("b", calls),
+    ):
+        pm.register(plugin, name=plugin.name)
+    # pluggy's own call, for reference: what it calls first, the facade calls first
+    pm.hook.cidx_jobs_status_changed(
+        job_id="ref", status=JobStatus.RUNNING, error_message=None, changed_at=NOW
+    )
+    reference = [name for name, _ in calls]
+    calls.clear()
+    Hooks(pm).status_changed("j", JobStatus.RUNNING, None, NOW)
+    assert [name for name, _ in calls] == reference == ["first", "b", "a", "last"]
+    # each observer got the arguments its signature names, from the specification
+    assert calls[1] == ("b", ("j", JobStatus.RUNNING, None, NOW))
+    assert calls[3] == ("last", "j")
+
+
+def test_the_default_observer_runs_after_the_plugins(pm: pluggy.PluginManager) -> None:
+    order = [impl.plugin_name for impl in reversed(pm.hook.cidx_jobs_job_saved.get_hookimpls())]
+    pm.register(_Recorder("mine", []), name="mine")
+    observers = Hooks(pm)._observers_of("cidx_jobs_job_saved")
+    assert [plugin for _, _, plugin in observers][-1] == "cidx_jobs.defaults"
+    assert order == ["cidx_jobs.defaults"]
+
+
+@pytest.mark.parametrize("hook", ["cidx_jobs_job_saved", "cidx_jobs_register_backends"])
+@pytest.mark.parametrize("kind", ["wrapper", "hookwrapper"])
+def test_a_wrapper_of_a_directly_called_hook_is_refused(
+    pm: pluggy.PluginManager, hook: str, kind: str
+) -> None:
+    argnames = {"cidx_jobs_job_saved": "job", "cidx_jobs_register_backends": "register"}[hook]
+    namespace: dict[str, object] = {}
+    exec(f"def {hook}({argnames}):\n    yield", namespace)  # a generator with the spec's name
+    plugin = SimpleNamespace(**{hook: hookimpl(**{kind: True})(namespace[hook])})
+    with pytest.raises(PluginError, match=rf"'wrapping'.*{hook}.*wrapper"):
+        pm.register(plugin, name="wrapping")
+    assert not pm.has_plugin("wrapping")
+
+
+def test_a_wrapper_of_a_policy_hook_runs(pm: pluggy.PluginManager) -> None:
+    seen: list[object] = []
+
+    class Wrapping:
+        @hookimpl(wrapper=True)
+        def cidx_jobs_cleanup_policy(self, retention):  # type: ignore[no-untyped-def]
+            policy = yield
+            seen.append(policy)
+            return policy
+
+    pm.register(Wrapping(), name="wrapping")
+    assert Hooks(pm).cleanup_policy(timedelta(days=2)) == seen[0]
+
+
+def test_the_checkpoint_fast_path_flag_follows_register_and_unregister(
+    pm: pluggy.PluginManager,
+) -> None:
+    hooks = Hooks(pm)
+    assert hooks.checkpoint_policy_is_default()
+
+    class Throttle:
+        @hookimpl
+        def cidx_jobs_checkpoint_policy(self):  # type: ignore[no-untyped-def]
+            return False
+
+    plugin = Throttle()
+    pm.register(plugin, name="throttle")
+    try:
+        assert not hooks.checkpoint_policy_is_default()
+        assert hooks.checkpoint_policy("j", "p", {}, None, NOW) is False
+    finally:
+        pm.unregister(plugin)
+    assert hooks.checkpoint_policy_is_default()
+
+
+def test_a_renamed_hook_is_reported_with_its_new_name(pm: pluggy.PluginManager) -> None:
+    class Old:
+        @hookimpl
+        def cidx_jobs_checkpoint_should_write(self):  # type: ignore[no-untyped-def]
+            return True
+
+    pm.register(Old(), name="old")
+    with pytest.raises(PluginError, match="renamed cidx_jobs_checkpoint_policy"):
+        check_plugins(pm)
+
+
+def test_hooks_needs_the_cidx_plugin_manager() -> None:
+    with pytest.raises(PluginError, match="get_plugin_manager"):
+        Hooks(pluggy.PluginManager("cidx_jobs"))  # type: ignore[arg-type]
+
+
+def test_entry_point_plugins_are_listed_with_their_distribution() -> None:
+    pytest.importorskip("cidx_jobs_memory")
+    pm = get_plugin_manager()
+    assert (
+        pm.version_of("memory")
+        == f"cidx-jobs-memory {importlib.metadata.version('cidx-jobs-memory')}"
+    )
+    assert pm.version_of("cidx_jobs.defaults") is None

@@ -54,7 +54,7 @@ class Throttle:
     """Skips a checkpoint written less than an hour after the previous one."""
 
     @hookimpl
-    def cidx_jobs_checkpoint_should_write(self, last_written_at, now):  # type: ignore[no-untyped-def]
+    def cidx_jobs_checkpoint_policy(self, last_written_at, now):  # type: ignore[no-untyped-def]
         return last_written_at is None or now - last_written_at > timedelta(hours=1)
 
 
@@ -79,7 +79,7 @@ def test_skipped_checkpoint_of_unknown_job_returns_false() -> None:
 
     class SkipAll:
         @hookimpl
-        def cidx_jobs_checkpoint_should_write(self):  # type: ignore[no-untyped-def]
+        def cidx_jobs_checkpoint_policy(self):  # type: ignore[no-untyped-def]
             return False
 
     pm.register(SkipAll(), name="skip-all")

@@ -60,7 +60,7 @@ def test_a_plugin_chooses_the_checkpoint() -> None:
 
     class FirstPhase:
         @hookimpl
-        def cidx_jobs_resume_checkpoint(self, checkpoints):  # type: ignore[no-untyped-def]
+        def cidx_jobs_resume_policy(self, checkpoints):  # type: ignore[no-untyped-def]
             return checkpoints[0] if checkpoints else None
 
     pm.register(FirstPhase(), name="first-phase")
@@ -79,7 +79,7 @@ def test_a_plugin_returning_garbage_is_a_plugin_error() -> None:
 
     class Garbage:
         @hookimpl
-        def cidx_jobs_resume_checkpoint(self):  # type: ignore[no-untyped-def]
+        def cidx_jobs_resume_policy(self):  # type: ignore[no-untyped-def]
             return Checkpoint(job_id="other", phase="x", data={})
 
     pm.register(Garbage(), name="garbage")

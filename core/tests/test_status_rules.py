@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cidx_jobs import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus, StatusChange, SyncJob
+from cidx_jobs import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus, SyncJob
+from cidx_jobs.backend import StatusChange
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 NOW = T0 + timedelta(hours=1)

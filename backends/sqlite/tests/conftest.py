@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from cidx_jobs import Hooks, JobStatus, SyncJob, get_plugin_manager
-from cidx_jobs_sqlite import SqliteJobStore, SqliteOptions
+from cidx_jobs import Hooks, JobPersistence, JobStatus, SyncJob, get_plugin_manager
+from cidx_jobs_sqlite import SqliteOptions, SqliteStorage
 
 UTC = timezone.utc
 T0 = datetime(2025, 3, 1, 9, 30, 0, 123456, tzinfo=UTC)
 
-OpenStore = Callable[..., SqliteJobStore]
+OpenStore = Callable[..., JobPersistence]
 
 
 def make_job(
@@ -42,6 +42,30 @@ def minutes(n: float) -> datetime:
     return T0 + timedelta(minutes=n)
 
 
+def plain_hooks() -> Hooks:
+    """The default hooks only, without the installed plugins."""
+    return Hooks(get_plugin_manager(load_entrypoints=False))
+
+
+def open_sqlite(
+    path: Path | str,
+    options: dict[str, object] | None = None,
+    *,
+    storage_class: type[SqliteStorage] = SqliteStorage,
+    hooks: Hooks | None = None,
+) -> JobPersistence:
+    """The facade over a storage of ``storage_class`` on ``path``, built directly."""
+    storage = storage_class(SqliteOptions.parse(str(path), options or {}))
+    return JobPersistence(storage, hooks=hooks if hooks is not None else plain_hooks())
+
+
+def storage_of(store: JobPersistence) -> SqliteStorage:
+    """The SQLite storage under a store (for its extras and, in tests, its internals)."""
+    storage = store.storage
+    assert isinstance(storage, SqliteStorage)
+    return storage
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "jobs.db"
@@ -50,12 +74,11 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def open_store(db_path: Path) -> Iterator[OpenStore]:
     """Opens stores (default: on ``db_path``) and closes them all at teardown."""
-    opened: list[SqliteJobStore] = []
-    hooks = Hooks(get_plugin_manager(load_entrypoints=False))
+    opened: list[JobPersistence] = []
+    hooks = plain_hooks()
 
-    def factory(path: Path | str | None = None, **options: object) -> SqliteJobStore:
-        target = db_path if path is None else path
-        store = SqliteJobStore(SqliteOptions.parse(str(target), options), hooks=hooks)
+    def factory(path: Path | str | None = None, **options: object) -> JobPersistence:
+        store = open_sqlite(db_path if path is None else path, options, hooks=hooks)
         opened.append(store)
         return store
 
@@ -65,7 +88,7 @@ def open_store(db_path: Path) -> Iterator[OpenStore]:
 
 
 @pytest.fixture
-def store(open_store: OpenStore) -> SqliteJobStore:
+def store(open_store: OpenStore) -> JobPersistence:
     return open_store()
 
 

@@ -6,12 +6,19 @@ import sqlite3
 import threading
 from typing import Any
 
-from cidx_jobs_sqlite import SqliteJobStore
+from cidx_jobs_sqlite import SqliteStorage
+from cidx_jobs_sqlite._errors import driver_error
 from cidx_jobs_sqlite._pool import Connection
+
+__all__ = ["FAULTS", "Faults", "FaultyConnection", "FaultyStorage", "driver_error"]
 
 
 class Faults:
-    """Queued failures: the next statement starting with ``prefix`` raises ``error``."""
+    """Queued failures: the next statement starting with ``prefix`` raises ``error``.
+
+    Build the errors with :func:`driver_error`, which gives them SQLite's code as
+    sqlite3 does (Python 3.11 and later read the kind of a failure from its code).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -48,5 +55,5 @@ class FaultyConnection(Connection):
         return super().execute(sql, parameters)
 
 
-class FaultyStore(SqliteJobStore):
+class FaultyStorage(SqliteStorage):
     _connection_class = FaultyConnection

@@ -14,25 +14,39 @@ from pathlib import Path
 
 import pytest
 
-from cidx_jobs import Hooks, JobStatus, get_plugin_manager
+from cidx_jobs import JobPersistence, JobStatus
 from cidx_jobs.errors import (
     DuplicateJobError,
+    StorageBusyError,
     StorageCorruptError,
     StorageError,
     StorageFullError,
     StoragePermissionError,
     StorageUnavailableError,
 )
-from cidx_jobs_sqlite import SqliteJobStore, SqliteOptions
-from cidx_jobs_sqlite._errors import permission_problem, translate
+from cidx_jobs_sqlite import SqliteStorage, _errors
+from cidx_jobs_sqlite._errors import (
+    BUSY,
+    CANTOPEN,
+    CORRUPT,
+    FULL,
+    IOERR,
+    LOCKED,
+    NOTADB,
+    PERM,
+    PROTOCOL,
+    READONLY,
+    permission_problem,
+    translate,
+)
 
-from .conftest import OpenStore, make_job, minutes, raw_connect
-from .faults import FAULTS, FaultyStore
+from .conftest import OpenStore, make_job, minutes, open_sqlite, raw_connect, storage_of
+from .faults import FAULTS, FaultyStorage, driver_error
 
 BIG = "x" * 60_000  # metadata large enough to fill a 1 MiB database in a few jobs
 
 
-def test_a_duplicate_id_is_refused_and_changes_nothing(store: SqliteJobStore) -> None:
+def test_a_duplicate_id_is_refused_and_changes_nothing(store: JobPersistence) -> None:
     store.save_job(make_job("j1", user="alice", metadata={"v": 1}))
     with pytest.raises(DuplicateJobError) as caught:
         store.save_job(make_job("j1", user="mallory", metadata={"v": 2}))
@@ -65,8 +79,7 @@ def open_as_unprivileged(path: Path) -> tuple[str, str]:
 
     def attempt() -> tuple[str, str]:
         try:
-            hooks = Hooks(get_plugin_manager(load_entrypoints=False))
-            SqliteJobStore(SqliteOptions.parse(str(path)), hooks=hooks).close()
+            open_sqlite(path).close()
         except Exception as error:
             return type(error).__name__, str(error)
         return "", ""
@@ -121,8 +134,7 @@ def test_a_file_without_write_permission(shared_folder: Path) -> None:
     folder = shared_folder / "open"
     folder.mkdir(mode=0o777)
     folder.chmod(0o777)
-    hooks = Hooks(get_plugin_manager(load_entrypoints=False))
-    SqliteJobStore(SqliteOptions.parse(str(folder / "jobs.db")), hooks=hooks).close()
+    open_sqlite(folder / "jobs.db").close()
     (folder / "jobs.db").chmod(0o444)
     kind, message = open_as_unprivileged(folder / "jobs.db")
     assert kind == "StoragePermissionError"
@@ -184,7 +196,7 @@ def remove_database(path: Path) -> None:
 
 
 def test_a_vanished_file_is_a_typed_error_then_the_store_reconnects(
-    store: SqliteJobStore, db_path: Path, caplog: pytest.LogCaptureFixture
+    store: JobPersistence, db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.save_job(make_job("before"))
     remove_database(db_path)
@@ -218,60 +230,62 @@ def test_a_replaced_file_is_noticed_and_the_new_one_is_used(
     assert store.load_job("old") is None
 
 
-def test_reads_notice_a_vanished_file_too(store: SqliteJobStore, db_path: Path) -> None:
+def test_reads_notice_a_vanished_file_too(store: JobPersistence, db_path: Path) -> None:
     store.save_job(make_job("before"))
     remove_database(db_path)
-    store._next_check = 0.0  # the periodic check is due (it runs at most once a second)
+    # The periodic check is due (it runs at most once a second).
+    storage_of(store)._runner._next_check = 0.0
     with pytest.raises(StorageUnavailableError):
         store.load_job("before")
     assert store.load_job("before") is None
 
 
 @pytest.fixture
-def faulty(db_path: Path) -> Iterator[FaultyStore]:
-    hooks = Hooks(get_plugin_manager(load_entrypoints=False))
-    store = FaultyStore(SqliteOptions.parse(str(db_path)), hooks=hooks)
+def faulty(db_path: Path) -> Iterator[JobPersistence]:
+    store = open_sqlite(db_path, storage_class=FaultyStorage)
     yield store
     store.close()
     assert FAULTS.pending == 0
 
 
-def test_an_io_error_is_typed_and_the_pool_reconnects(faulty: FaultyStore) -> None:
+def test_an_io_error_is_typed_and_the_pool_reconnects(faulty: JobPersistence) -> None:
     faulty.save_job(make_job("j1"))
-    FAULTS.add("UPDATE sync_jobs", sqlite3.OperationalError("disk I/O error"))
+    FAULTS.add("UPDATE sync_jobs", driver_error(IOERR))
     with pytest.raises(StorageUnavailableError, match="I/O error"):
         faulty.update_job_progress("j1", 10)
-    assert faulty._pool.open_count == 0  # every connection was retired
+    assert storage_of(faulty)._pool.open_count == 0  # every connection was retired
     assert faulty.update_job_progress("j1", 20) is True
     job = faulty.load_job("j1")
     assert job is not None
     assert job.progress == 20
 
 
-@pytest.mark.parametrize(
-    ("message", "expected"),
-    [
-        ("database is locked", StorageUnavailableError),
-        ("database table is locked", StorageUnavailableError),
-        ("database or disk is full", StorageFullError),
-        ("disk I/O error", StorageUnavailableError),
-        ("database disk image is malformed", StorageCorruptError),
-        ("file is not a database", StorageCorruptError),
-        ("unable to open database file", StorageUnavailableError),
-        ("attempt to write a readonly database", StoragePermissionError),
-        ("locking protocol", StorageUnavailableError),
-        ("something new", StorageError),
-    ],
-)
-def test_sqlite_errors_map_to_typed_errors(
-    faulty: FaultyStore, message: str, expected: type[StorageError]
+ERROR_KINDS = [
+    (BUSY, StorageBusyError),
+    (LOCKED, StorageBusyError),
+    (FULL, StorageFullError),
+    (IOERR, StorageUnavailableError),
+    (CORRUPT, StorageCorruptError),
+    (NOTADB, StorageCorruptError),
+    (CANTOPEN, StorageUnavailableError),
+    (READONLY, StoragePermissionError),
+    (PERM, StoragePermissionError),
+    (PROTOCOL, StorageUnavailableError),
+]
+
+
+@pytest.mark.parametrize(("code", "expected"), ERROR_KINDS)
+def test_sqlite_errors_map_to_typed_errors_by_their_code(
+    faulty: JobPersistence, code: int, expected: type[StorageError]
 ) -> None:
-    # Built in Python, these errors carry no error code: the Python 3.10 route.
-    assert type(translate(sqlite3.OperationalError(message), Path("x.db"), "testing")) is expected
+    # Named by the code sqlite3 attaches (Python 3.11 and later), whatever the message says.
+    error = driver_error(code)
+    error.args = ("a message that names no kind",)
+    assert type(translate(error, Path("x.db"), "testing")) is expected
     faulty.save_job(make_job("j1"))
-    retries = 10**6 if "locked" in message else 1
-    FAULTS.add("SELECT", sqlite3.OperationalError(message), times=retries)
-    faulty._busy = 0.05
+    retries = 10**6 if code in (BUSY, LOCKED) else 1
+    FAULTS.add("SELECT", driver_error(code), times=retries)
+    storage_of(faulty)._runner._busy = 0.05
     try:
         with pytest.raises(expected) as caught:
             faulty.load_job("j1")
@@ -282,8 +296,48 @@ def test_sqlite_errors_map_to_typed_errors(
     assert faulty.load_job("j1") is not None
 
 
+def test_an_error_of_an_unknown_kind_is_a_plain_storage_error_naming_its_code() -> None:
+    error = sqlite3.OperationalError("something new")
+    error.sqlite_errorcode = 1  # type: ignore[attr-defined,unused-ignore]
+    error.sqlite_errorname = "SQLITE_ERROR"  # type: ignore[attr-defined,unused-ignore]
+    translated = translate(error, Path("x.db"), "testing")
+    assert type(translated) is StorageError
+    assert "SQLITE_ERROR" in str(translated)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("database is locked", StorageBusyError),
+        ("database table is locked", StorageBusyError),
+        ("database or disk is full", StorageFullError),
+        ("disk I/O error", StorageUnavailableError),
+        ("database disk image is malformed", StorageCorruptError),
+        ("file is not a database", StorageCorruptError),
+        ("unable to open database file", StorageUnavailableError),
+        ("attempt to write a readonly database", StoragePermissionError),
+        ("locking protocol", StorageUnavailableError),
+        ("something new", StorageError),
+    ],
+)
+def test_without_codes_the_kind_comes_from_the_message(
+    monkeypatch: pytest.MonkeyPatch, message: str, expected: type[StorageError]
+) -> None:
+    # Python 3.10 attaches no code; its messages are SQLite's own texts for the codes.
+    monkeypatch.setattr(_errors, "MESSAGE_FALLBACK", True)
+    assert type(translate(sqlite3.OperationalError(message), Path("x.db"), "testing")) is expected
+
+
+def test_with_codes_the_message_is_not_read() -> None:
+    # From 3.11 on, an exception without a code is not one SQLite raised: no guessing.
+    if _errors.MESSAGE_FALLBACK:
+        pytest.skip("this Python attaches no codes")
+    error = sqlite3.OperationalError("database is locked")
+    assert type(translate(error, Path("x.db"), "testing")) is StorageError
+
+
 def test_a_row_edited_outside_the_backend_is_a_typed_error(
-    store: SqliteJobStore, db_path: Path
+    store: JobPersistence, db_path: Path
 ) -> None:
     store.save_job(make_job("j1"))
     with raw_connect(db_path) as conn:
@@ -359,7 +413,7 @@ def test_a_damaged_file_is_moved_aside_and_salvaged(
     before = db_path.read_bytes()
     with caplog.at_level(logging.ERROR, logger="cidx_jobs"):
         store = open_store()
-    report = store.recovery
+    report = storage_of(store).recovery
     assert report is not None
     # The damaged file is kept, byte for byte, under a dated name.
     assert report.moved_to.name.startswith("jobs.db.corrupt-")
@@ -396,9 +450,10 @@ def test_a_destroyed_header_recovers_to_an_empty_database(
     damage_pages(db_path, [1])
     with caplog.at_level(logging.ERROR, logger="cidx_jobs"):
         store = open_store()
-    assert store.recovery is not None
-    assert store.recovery.jobs_kept == 0
-    assert store.recovery.complete is False
+    report = storage_of(store).recovery
+    assert report is not None
+    assert report.jobs_kept == 0
+    assert report.complete is False
     assert store.count_jobs() == 0
     assert "damaged" in caplog.text
 
@@ -432,22 +487,22 @@ def test_backup_writes_a_consistent_copy(open_store: OpenStore, tmp_path: Path) 
     for n in range(50):
         store.save_job(make_job(f"j{n}"))
         store.save_checkpoint(f"j{n}", "p", {"n": n})
-    store.backup(tmp_path / "copy.db")
+    storage_of(store).backup(tmp_path / "copy.db")
     copy = open_store(tmp_path / "copy.db")
     assert copy.count_jobs() == 50
     assert copy.load_checkpoint("j7", "p") == {"n": 7}
 
 
 def test_every_public_method_documents_what_it_raises() -> None:
-    for name in ("backup", "__init__", "from_config"):
-        doc = getattr(SqliteJobStore, name).__doc__
+    for name in ("backup", "__init__", "from_config", "transaction"):
+        doc = getattr(SqliteStorage, name).__doc__
         assert doc is not None
         assert ":raises" in doc
-    assert "StorageError" in (SqliteJobStore.__doc__ or "")
+    assert "StorageError" in (SqliteStorage.__doc__ or "")
 
 
-def test_a_failed_commit_stores_nothing(faulty: FaultyStore) -> None:
-    FAULTS.add("COMMIT", sqlite3.OperationalError("disk I/O error"))
+def test_a_failed_commit_stores_nothing(faulty: JobPersistence) -> None:
+    FAULTS.add("COMMIT", driver_error(IOERR))
     with pytest.raises(StorageUnavailableError), faulty.transaction():
         faulty.save_job(make_job("a"))
         faulty.save_job(make_job("b"))
@@ -455,14 +510,14 @@ def test_a_failed_commit_stores_nothing(faulty: FaultyStore) -> None:
     assert faulty.save_job(make_job("c")) is True
 
 
-def test_a_busy_commit_is_retried(faulty: FaultyStore) -> None:
-    FAULTS.add("COMMIT", sqlite3.OperationalError("database is locked"), times=2)
+def test_a_busy_commit_is_retried(faulty: JobPersistence) -> None:
+    FAULTS.add("COMMIT", driver_error(BUSY), times=2)
     with faulty.transaction():
         faulty.save_job(make_job("a"))
     assert faulty.load_job("a") is not None
 
 
-def test_a_duplicate_inside_a_transaction_does_not_spoil_it(store: SqliteJobStore) -> None:
+def test_a_duplicate_inside_a_transaction_does_not_spoil_it(store: JobPersistence) -> None:
     store.save_job(make_job("taken"))
     with store.transaction():
         store.save_job(make_job("a"))
@@ -473,7 +528,7 @@ def test_a_duplicate_inside_a_transaction_does_not_spoil_it(store: SqliteJobStor
     assert store.count_jobs() == 3
 
 
-def test_an_unreadable_checkpoint_is_a_typed_error(store: SqliteJobStore, db_path: Path) -> None:
+def test_an_unreadable_checkpoint_is_a_typed_error(store: JobPersistence, db_path: Path) -> None:
     store.save_job(make_job("j1"))
     store.save_checkpoint("j1", "p", {"a": 1})
     with raw_connect(db_path) as conn:
@@ -485,7 +540,7 @@ def test_an_unreadable_checkpoint_is_a_typed_error(store: SqliteJobStore, db_pat
         store.list_checkpoints("j1")
 
 
-def test_a_closed_store_raises_unavailable(store: SqliteJobStore) -> None:
+def test_a_closed_store_raises_unavailable(store: JobPersistence) -> None:
     store.save_job(make_job("j1"))
     store.close()
     store.close()  # idempotent

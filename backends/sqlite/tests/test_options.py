@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from cidx_jobs import open_persistence
+from cidx_jobs import JobPersistence, open_persistence
 from cidx_jobs.errors import ConfigError
-from cidx_jobs_sqlite import SqliteJobStore, SqliteOptions
+from cidx_jobs_sqlite import SqliteOptions, SqliteStorage
 
-from .conftest import OpenStore
+from .conftest import OpenStore, storage_of
 
 
 def test_a_relative_url_path_is_relative_to_the_working_folder(
@@ -19,16 +19,14 @@ def test_a_relative_url_path_is_relative_to_the_working_folder(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     with open_persistence("sqlite:///data/rel.db") as store:
-        assert isinstance(store, SqliteJobStore)
-        assert store.path == tmp_path / "data" / "rel.db"
+        assert storage_of(store).path == tmp_path / "data" / "rel.db"
     assert (tmp_path / "data" / "rel.db").is_file()
 
 
 def test_an_absolute_url_path_and_missing_folders_are_created(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "c" / "jobs.db"
     with open_persistence(f"sqlite:///{target}") as store:  # sqlite:////tmp/... (four slashes)
-        assert isinstance(store, SqliteJobStore)
-        assert store.path == target
+        assert storage_of(store).path == target
     assert target.is_file()
 
 
@@ -38,8 +36,7 @@ def test_options_come_from_the_query_string(tmp_path: Path) -> None:
         "&recover_corrupt=false&check_on_open=off&max_size_mb=64&max_metadata_bytes=4096"
     )
     with open_persistence(url) as store:
-        assert isinstance(store, SqliteJobStore)
-        assert store.options == SqliteOptions(
+        assert storage_of(store).options == SqliteOptions(
             path=tmp_path / "jobs.db",
             pool_size=8,
             busy_timeout_ms=1500,
@@ -54,9 +51,9 @@ def test_options_come_from_the_query_string(tmp_path: Path) -> None:
 def test_options_come_from_a_mapping(tmp_path: Path) -> None:
     config = {"backend": "sqlite", "path": str(tmp_path / "jobs.db"), "pool_size": 6}
     with open_persistence(config) as store:
-        assert isinstance(store, SqliteJobStore)
-        assert store.options.pool_size == 6
-        assert store.options.busy_timeout_ms == 5000
+        assert isinstance(store.storage, SqliteStorage)
+        assert store.storage.options.pool_size == 6
+        assert store.storage.options.busy_timeout_ms == 5000
 
 
 def test_defaults() -> None:
@@ -95,7 +92,11 @@ def test_a_bad_option_is_a_config_error_naming_it(tmp_path: Path, query: str, op
     ("config", "option"),
     [
         ("sqlite://", "path"),
-        ("sqlite://host/jobs.db", "netloc"),
+        ("sqlite://host/jobs.db", "host"),
+        ("sqlite://localhost:5/jobs.db", "host"),
+        ({"backend": "sqlite", "path": "jobs.db", "port": 5}, "port"),
+        ("sqlite://alice@/jobs.db", "username"),
+        ({"backend": "sqlite", "path": "jobs.db", "password": "secret"}, "password"),
         ("sqlite:///:memory:", "path"),
         ({"backend": "sqlite"}, "path"),
         ({"backend": "sqlite", "path": 5}, "path"),
@@ -107,6 +108,28 @@ def test_a_missing_or_unusable_path_is_a_config_error(config: object, option: st
     assert caught.value.option == option
 
 
+def test_a_host_is_refused_with_the_way_to_write_a_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        open_persistence("sqlite://db.example.com/jobs.db")
+    assert caught.value.option == "host"
+    assert "sqlite:////absolute/path.db" in str(caught.value)
+
+
+def test_a_path_in_the_url_and_in_the_query_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        open_persistence(f"sqlite:///{tmp_path}/a.db?path={tmp_path}/b.db")
+    assert caught.value.option == "path"
+    assert not (tmp_path / "a.db").exists()
+    assert not (tmp_path / "b.db").exists()
+
+
+def test_integer_options_take_ascii_digits_only(tmp_path: Path) -> None:
+    for value in ("1_000", "\uff18", "\u0668"):  # an underscore, a full-width and an Arabic-Indic 8
+        with pytest.raises(ConfigError) as caught:
+            open_persistence(f"sqlite:///{tmp_path}/jobs.db?pool_size={value}")
+        assert caught.value.option == "pool_size"
+
+
 def test_a_folder_is_not_a_database_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         SqliteOptions.parse(str(tmp_path))
@@ -115,7 +138,7 @@ def test_a_folder_is_not_a_database_path(tmp_path: Path) -> None:
 
 
 def test_the_pragmas_read_back(open_store: OpenStore) -> None:
-    store = open_store(synchronous="full", busy_timeout_ms=1234, max_size_mb=2)
+    store = storage_of(open_store(synchronous="full", busy_timeout_ms=1234, max_size_mb=2))
     conn = store._pool.acquire()
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -129,10 +152,11 @@ def test_the_pragmas_read_back(open_store: OpenStore) -> None:
         store._pool.release(conn)
 
 
-def test_normal_synchronous_is_the_default(store: SqliteJobStore) -> None:
-    conn = store._pool.acquire()
+def test_normal_synchronous_is_the_default(store: JobPersistence) -> None:
+    pool = storage_of(store)._pool
+    conn = pool.acquire()
     try:
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
     finally:
-        store._pool.release(conn)
+        pool.release(conn)

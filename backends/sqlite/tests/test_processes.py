@@ -24,12 +24,12 @@ from .conftest import OpenStore, make_job
 
 PRELUDE = """
 import json, os, sys, threading
-from cidx_jobs import Hooks, JobFilter, SyncJob, get_plugin_manager
-from cidx_jobs_sqlite import SqliteJobStore, SqliteOptions
+from cidx_jobs import Hooks, JobFilter, JobPersistence, SyncJob, get_plugin_manager
+from cidx_jobs_sqlite import SqliteOptions, SqliteStorage
 
 def open_store(path):
     hooks = Hooks(get_plugin_manager(load_entrypoints=False))
-    return SqliteJobStore(SqliteOptions.parse(path), hooks=hooks)
+    return JobPersistence(SqliteStorage(SqliteOptions.parse(path)), hooks=hooks)
 """
 
 MIXED_WORKER = (
@@ -222,7 +222,7 @@ import time
 path, start = sys.argv[1], float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))
 store = open_store(path)
-report = store.recovery
+report = store.storage.recovery
 print(json.dumps({"recovered": report is not None, "jobs": store.count_jobs()}))
 store.close()
 """

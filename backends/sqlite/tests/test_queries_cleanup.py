@@ -24,10 +24,10 @@ from cidx_jobs import (
     open_persistence,
 )
 from cidx_jobs.errors import StorageUnavailableError
-from cidx_jobs_sqlite import SqliteJobStore, SqliteOptions, _store
-from cidx_jobs_sqlite._store import next_batch_size
+from cidx_jobs_sqlite import _storage
+from cidx_jobs_sqlite._storage import next_batch_size
 
-from .conftest import OpenStore, make_job, minutes, raw_connect
+from .conftest import OpenStore, make_job, minutes, open_sqlite, raw_connect, storage_of
 
 STATUSES = list(JobStatus)
 
@@ -117,7 +117,7 @@ class SmallBatches:
 def test_cleanup_runs_in_batches_with_per_status_cutoffs(db_path: Path) -> None:
     pm = get_plugin_manager(load_entrypoints=False)
     pm.register(SmallBatches())
-    store = SqliteJobStore(SqliteOptions.parse(str(db_path)), hooks=Hooks(pm))
+    store = open_sqlite(db_path, hooks=Hooks(pm))
     try:
         old = minutes(0)
         expired, kept = [], []
@@ -151,7 +151,7 @@ def test_cleanup_runs_in_batches_with_per_status_cutoffs(db_path: Path) -> None:
         store.close()
 
 
-def test_a_cleanup_inside_a_transaction_rolls_back_with_it(store: SqliteJobStore) -> None:
+def test_a_cleanup_inside_a_transaction_rolls_back_with_it(store: JobPersistence) -> None:
     for n in range(5):
         store.save_job(make_job(f"j{n}", status=JobStatus.COMPLETED, completed_at=minutes(0)))
     with pytest.raises(RuntimeError), store.transaction():
@@ -161,7 +161,7 @@ def test_a_cleanup_inside_a_transaction_rolls_back_with_it(store: SqliteJobStore
     assert store.count_jobs() == 5
 
 
-def test_delete_expired_counts_every_finished_status(store: SqliteJobStore) -> None:
+def test_delete_expired_counts_every_finished_status(store: JobPersistence) -> None:
     for status in JobStatus:
         store.save_job(make_job(status.value, status=status))
     assert store.delete_expired_jobs(minutes(1)) == len(FINISHED_STATUSES)
@@ -176,7 +176,7 @@ def test_delete_expired_counts_every_finished_status(store: SqliteJobStore) -> N
 
 
 def test_the_next_batch_scales_toward_the_target_time_within_bounds() -> None:
-    target = _store._BATCH_SECONDS
+    target = _storage.BATCH_SECONDS
     assert next_batch_size(100, target, 1000) == 100  # on target: unchanged
     assert next_batch_size(100, target / 1.5, 1000) == 150  # a bit fast: grows to fit
     assert next_batch_size(100, target / 10, 1000) == 200  # much faster: at most doubles
@@ -187,7 +187,7 @@ def test_the_next_batch_scales_toward_the_target_time_within_bounds() -> None:
     assert next_batch_size(100, 0.0, 1000) == 200  # an instant batch does not divide by zero
 
 
-def _save_expired(store: SqliteJobStore, count: int, *, checkpoints: bool = False) -> None:
+def _save_expired(store: JobPersistence, count: int, *, checkpoints: bool = False) -> None:
     """``count`` failed jobs, finished long ago, saved in one transaction."""
     with store.transaction():
         for n in range(count):
@@ -197,42 +197,79 @@ def _save_expired(store: SqliteJobStore, count: int, *, checkpoints: bool = Fals
 
 
 def _record_statements(
-    store: SqliteJobStore, monkeypatch: pytest.MonkeyPatch
+    store: JobPersistence, monkeypatch: pytest.MonkeyPatch
 ) -> list[tuple[str, list[object]]]:
     seen: list[tuple[str, list[object]]] = []
-    run = store._execute
+    storage = storage_of(store)
+    run = storage._run
 
     def recording(mode: int, sql: str, params: Any, doing: str) -> Any:
         seen.append((sql, list(params)))
         return run(mode, sql, params, doing)
 
-    monkeypatch.setattr(store, "_execute", recording)
+    monkeypatch.setattr(storage, "_run", recording)
     return seen
 
 
 def test_a_cleanup_checkpoints_the_wal_after_each_full_batch(
-    store: SqliteJobStore, monkeypatch: pytest.MonkeyPatch
+    store: JobPersistence, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Without the checkpoint, the next small write after a batch copies the batch's pages
     # into the database itself, and waits that long (the benchmark's writer stall).
-    count = _store._FIRST_BATCH * 3 + 7
+    count = _storage.FIRST_BATCH * 3 + 7
     _save_expired(store, count, checkpoints=True)
     seen = _record_statements(store, monkeypatch)
     assert store.delete_expired_jobs(minutes(10)) == count
     assert store.count_jobs() == 0
-    deletes = [params[-1] for sql, params in seen if sql.startswith("DELETE")]
-    assert deletes[0] == _store._FIRST_BATCH
-    assert all(1 <= size <= 1000 for size in deletes)
-    assert len(deletes) >= 2
-    kinds = ["checkpoint" if "wal_checkpoint" in sql else "delete" for sql, _ in seen]
-    # Every full batch is followed by a checkpoint; the last (short) one is not.
-    assert kinds == ["delete", "checkpoint"] * (len(deletes) - 1) + ["delete"]
+    batches = [params[-1] for sql, params in seen if sql.startswith("DELETE")]
+    assert batches[0] == _storage.FIRST_BATCH
+    assert all(1 <= size <= 1000 for size in batches)
+    assert len(batches) >= 3
+    kinds = [
+        "checkpoint" if "wal_checkpoint" in sql else "delete"
+        for sql, _ in seen
+        if sql.startswith("DELETE") or "wal_checkpoint" in sql
+    ]
+    # Every full batch is followed by a checkpoint; the short one that deletes what is
+    # left is not, and the facade's last call (which finds nothing) ends the cleanup.
+    assert kinds == ["delete", "checkpoint"] * (len(batches) - 2) + ["delete", "delete"]
+
+
+def test_the_batches_of_one_cleanup_adapt_and_the_next_cleanup_starts_afresh(
+    store: JobPersistence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = _storage.FIRST_BATCH * 2
+    _save_expired(store, count)
+    monkeypatch.setattr(_storage, "BATCH_SECONDS", 10.0)  # every batch is fast: it doubles
+    seen = _record_statements(store, monkeypatch)
+    assert store.delete_expired_jobs(minutes(10)) == count
+    first = [params[-1] for sql, params in seen if sql.startswith("DELETE")]
+    # 250 (full, so the next doubles), 500 (the 250 left), then the facade's last call,
+    # which finds nothing and, the cleanup being over, starts from the first size again.
+    assert first == [_storage.FIRST_BATCH, _storage.FIRST_BATCH * 2, _storage.FIRST_BATCH]
+    seen.clear()
+    _save_expired(store, 3)
+    assert store.delete_expired_jobs(minutes(10)) == 3
+    again = [params[-1] for sql, params in seen if sql.startswith("DELETE")]
+    assert again == [_storage.FIRST_BATCH, _storage.FIRST_BATCH]  # 3 deleted, then none
+
+
+def test_a_batch_never_exceeds_the_limit_it_is_given(store: JobPersistence) -> None:
+    _save_expired(store, 10)
+    storage = storage_of(store)
+    cutoffs = dict.fromkeys(FINISHED_STATUSES, minutes(10))
+    assert storage.count_expired(cutoffs) == (10, 0)
+    assert storage.delete_expired(cutoffs, 4) == (4, 0)
+    assert storage.delete_expired(cutoffs, 4) == (4, 0)
+    assert storage.delete_expired(cutoffs, 4) == (2, 0)
+    assert storage.delete_expired(cutoffs, 4) == (0, 0)
+    assert storage.count_expired(cutoffs) == (0, 0)
 
 
 def test_a_cleanup_inside_a_transaction_runs_no_checkpoint(
-    store: SqliteJobStore, monkeypatch: pytest.MonkeyPatch
+    store: JobPersistence, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    count = _store._FIRST_BATCH * 2 + 1
+    count = _storage.FIRST_BATCH * 2 + 1
     _save_expired(store, count)
     seen = _record_statements(store, monkeypatch)
     with pytest.raises(RuntimeError), store.transaction():
@@ -243,19 +280,20 @@ def test_a_cleanup_inside_a_transaction_runs_no_checkpoint(
 
 
 def test_a_failed_wal_checkpoint_does_not_stop_the_cleanup(
-    store: SqliteJobStore, monkeypatch: pytest.MonkeyPatch
+    store: JobPersistence, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The checkpoint between batches only saves time: the batches already deleted must be
     # counted and reported, and the cleanup must go on.
-    count = _store._FIRST_BATCH * 2 + 3
+    count = _storage.FIRST_BATCH * 2 + 3
     _save_expired(store, count)
-    run = store._execute
+    storage = storage_of(store)
+    run = storage._run
 
     def failing_checkpoint(mode: int, sql: str, params: Any, doing: str) -> Any:
         if "wal_checkpoint" in sql:
             raise StorageUnavailableError("disk I/O error while checkpointing the WAL")
         return run(mode, sql, params, doing)
 
-    monkeypatch.setattr(store, "_execute", failing_checkpoint)
+    monkeypatch.setattr(storage, "_run", failing_checkpoint)
     assert store.delete_expired_jobs(minutes(10)) == count
     assert store.count_jobs() == 0

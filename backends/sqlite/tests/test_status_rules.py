@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 from datetime import datetime
 
-from cidx_jobs import JobStatus, StatusChange, SyncJob
-from cidx_jobs_sqlite import SqliteJobStore
+from cidx_jobs import JobPersistence, JobStatus, SyncJob
+from cidx_jobs.backend import StatusChange
 
 from .conftest import OpenStore, make_job, minutes
 
@@ -26,7 +26,7 @@ def lease(job: SyncJob | None) -> tuple[str | None, datetime | None]:
     return (job.owner_id, job.heartbeat_at)
 
 
-def check_all(store: SqliteJobStore, now: datetime) -> int:
+def check_all(store: JobPersistence, now: datetime) -> int:
     cases = 0
     for number, (current, new, error, expected_kind, stamped, owner) in enumerate(
         itertools.product(
@@ -56,7 +56,7 @@ def check_all(store: SqliteJobStore, now: datetime) -> int:
         change = StatusChange(
             status=new, error_message=error, expected=expected, now=now, owner=owner
         )
-        applied = store._set_status(job.id, change)
+        applied = store.storage.set_status(job.id, change)
         reference = change.apply(job)
         case = (current, new, error, expected_kind, stamped, owner)
         assert applied is (reference is not None), case

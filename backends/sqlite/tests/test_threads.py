@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from cidx_jobs import Hooks, JobFilter, JobStatus, get_plugin_manager
-from cidx_jobs.errors import StorageUnavailableError
-from cidx_jobs_sqlite import SqliteOptions
+from cidx_jobs import JobFilter, JobPersistence, JobStatus
+from cidx_jobs.errors import StorageBusyError
+from cidx_jobs_sqlite._errors import BUSY
 
-from .conftest import OpenStore, make_job, raw_connect
-from .faults import FAULTS, FaultyStore
+from .conftest import OpenStore, make_job, open_sqlite, raw_connect, storage_of
+from .faults import FAULTS, FaultyStorage, driver_error
 
 WAIT = 30.0  # only bounds a hang when something is broken; never a performance claim
 
@@ -41,6 +40,7 @@ def run_threads(count: int, work: Callable[[int], None]) -> list[BaseException]:
 
 def test_many_threads_share_a_bounded_pool(open_store: OpenStore) -> None:
     store = open_store(pool_size=5)
+    pool = storage_of(store)._pool
     high_water = 0
 
     def work(index: int) -> None:
@@ -53,18 +53,18 @@ def test_many_threads_share_a_bounded_pool(open_store: OpenStore) -> None:
             store.save_checkpoint(job_id, "indexing", {"n": n})
             store.query_jobs(JobFilter(user_id=f"user{index % 3}", limit=10))
             assert store.load_job(job_id) is not None
-            high_water = max(high_water, store._pool.open_count)
+            high_water = max(high_water, pool.open_count)
 
     assert run_threads(16, work) == []
     assert 1 <= high_water <= 5
     assert store.count_jobs() == 16 * 30
     # Every connection the pool opened enforces foreign keys (the cascade needs it).
-    conns = [store._pool.acquire() for _ in range(store._pool.open_count)]
+    conns = [pool.acquire() for _ in range(pool.open_count)]
     try:
         assert all(c.execute("PRAGMA foreign_keys").fetchone() == (1,) for c in conns)
     finally:
         for conn in conns:
-            store._pool.release(conn)
+            pool.release(conn)
 
 
 def test_readers_do_not_wait_for_a_writer(open_store: OpenStore) -> None:
@@ -136,9 +136,9 @@ def test_a_write_gives_up_after_busy_timeout_with_a_typed_error(
     holder = raw_connect(db_path)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        with pytest.raises(StorageUnavailableError, match="busy_timeout_ms"):
+        with pytest.raises(StorageBusyError, match="busy_timeout_ms"):
             store.save_job(make_job("blocked"))
-        with pytest.raises(StorageUnavailableError):
+        with pytest.raises(StorageBusyError):
             with store.transaction():
                 pass
     finally:
@@ -149,28 +149,26 @@ def test_a_write_gives_up_after_busy_timeout_with_a_typed_error(
 
 
 @pytest.fixture
-def faulty(db_path: Path) -> Iterator[FaultyStore]:
-    hooks = Hooks(get_plugin_manager(load_entrypoints=False))
-    store = FaultyStore(SqliteOptions.parse(str(db_path), {"busy_timeout_ms": 2000}), hooks=hooks)
+def faulty(db_path: Path) -> Iterator[JobPersistence]:
+    store = open_sqlite(db_path, {"busy_timeout_ms": 2000}, storage_class=FaultyStorage)
     yield store
     store.close()
     assert FAULTS.pending == 0
 
 
-def test_busy_errors_that_skip_the_busy_handler_are_retried(faulty: FaultyStore) -> None:
-    FAULTS.add("INSERT INTO sync_jobs", sqlite3.OperationalError("database is locked"), times=3)
-    FAULTS.add("SELECT", sqlite3.OperationalError("database is locked"), times=2)
+def test_busy_errors_that_skip_the_busy_handler_are_retried(faulty: JobPersistence) -> None:
+    FAULTS.add("INSERT INTO sync_jobs", driver_error(BUSY), times=3)
+    FAULTS.add("SELECT", driver_error(BUSY), times=2)
     assert faulty.save_job(make_job("j1")) is True
     assert faulty.load_job("j1") is not None
 
 
 def test_retrying_stops_after_busy_timeout(db_path: Path) -> None:
-    hooks = Hooks(get_plugin_manager(load_entrypoints=False))
-    store = FaultyStore(SqliteOptions.parse(str(db_path), {"busy_timeout_ms": 50}), hooks=hooks)
+    store = open_sqlite(db_path, {"busy_timeout_ms": 50}, storage_class=FaultyStorage)
     try:
-        FAULTS.add("UPDATE sync_jobs", sqlite3.OperationalError("database is locked"), times=10**6)
+        FAULTS.add("UPDATE sync_jobs", driver_error(BUSY), times=10**6)
         store.save_job(make_job("j1"))
-        with pytest.raises(StorageUnavailableError):
+        with pytest.raises(StorageBusyError):
             store.update_job_progress("j1", 10)
     finally:
         FAULTS._queue.clear()
@@ -182,11 +180,12 @@ def test_when_every_connection_is_taken_a_call_waits_then_fails_typed(
     open_store: OpenStore,
 ) -> None:
     store = open_store(pool_size=5, busy_timeout_ms=100)
-    taken = [store._pool.acquire() for _ in range(5)]
+    pool = storage_of(store)._pool
+    taken = [pool.acquire() for _ in range(5)]
     try:
-        with pytest.raises(StorageUnavailableError, match="pool_size"):
+        with pytest.raises(StorageBusyError, match="pool_size"):
             store.load_job("x")
     finally:
         for conn in taken:
-            store._pool.release(conn)
+            pool.release(conn)
     assert store.load_job("x") is None

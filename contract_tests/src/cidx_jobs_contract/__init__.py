@@ -8,50 +8,43 @@ The stable public names (a backend's tests rely on exactly these):
   :class:`IsolationContract`, :class:`CleanupContract`, :class:`CheckpointContract`,
   :class:`TransactionContract`, :class:`ConcurrencyContract`,
   :class:`RoundTripContract`, :class:`ValidationContract`, :class:`CopyContract`,
-  :class:`EventContract`, :class:`PersistenceContract`, :class:`StatefulContract`,
-  :class:`LifecycleContract`),
+  :class:`EventContract`, :class:`FaultContract`, :class:`TimeRangeContract`,
+  :class:`PersistenceContract`, :class:`StatefulContract`, :class:`LifecycleContract`),
   all built on :class:`StoreFixtures`.
-* Fixtures a subclass overrides (pytest fixtures defined as methods):
+* Fixtures (pytest fixtures defined as methods):
 
-  - ``store`` (required): yields a fresh, empty :class:`~cidx_jobs.JobPersistence`
-    and closes it afterwards.
-  - ``capabilities`` (optional): returns a :class:`Capabilities` naming the
-    optional behaviour the backend has; default ``Capabilities()``.
-  - ``store_config`` (optional): the URL or mapping that opens the same storage
-    as ``store`` (used to reopen it, and to open it in another process);
-    default ``None``.
-  - ``reopen`` (optional): returns a callable that opens a new store on the
-    storage of ``store``; by default it opens ``store_config``.
+  - ``base_config`` (required): the URL or mapping naming the backend, e.g.
+    ``"sqlite://"``. Everything else comes from the backend's registration.
+  - ``backend``: the registered :class:`~cidx_jobs.backend.Backend` it names.
+  - ``capabilities``: what the backend declared when it registered (a
+    :class:`Capabilities`); override it to narrow or widen the run.
+  - ``store_config``: the configuration of a fresh, isolated storage for one
+    test, made (and removed afterwards) by the backend's scratch factory;
+    override it for a backend that registered none.
+  - ``store_settings``, ``store``, ``reopen``: the suite builds every store
+    with ``open_persistence(store_config, settings=store_settings)``, whose
+    clock is the suite's; ``clock`` makes that clock a :class:`ManualClock`.
 
 * :class:`Capabilities` flags: ``persistent``, ``concurrent_threads``,
-  ``multi_process``. Tests needing an undeclared flag are skipped with a reason
-  naming it.
+  ``multi_process``, ``fault_injection``. Tests needing an undeclared flag are
+  skipped with a reason naming it.
 * :func:`requires`: the decorator that marks a test as needing flags.
 * :class:`ManualClock`: the clock the suite installs in a store for exact timestamps.
 * :class:`ReferenceModel`: the plain in-Python model the stateful test compares with.
 * ``python -m cidx_jobs_contract URL [pytest args]`` (:func:`main`): runs the
-  whole suite on any installed backend; ``{tmp}`` in the URL becomes a fresh
-  temporary folder for each test.
+  whole suite on any installed backend, with the capabilities it declares;
+  each test gets a storage from the backend's scratch factory, and the run
+  leaves nothing behind.
 
 Example::
 
     import pytest
-    from cidx_jobs import open_persistence
-    from cidx_jobs_contract import Capabilities, JobStoreContract
+    from cidx_jobs_contract import JobStoreContract
 
     class TestMyBackend(JobStoreContract):
         @pytest.fixture
-        def store_config(self, tmp_path):
-            return f"mybackend:///{tmp_path}/jobs.db"
-
-        @pytest.fixture
-        def store(self, store_config):
-            with open_persistence(store_config) as store:
-                yield store
-
-        @pytest.fixture
-        def capabilities(self):
-            return Capabilities(persistent=True, multi_process=True)
+        def base_config(self):
+            return "mybackend://"
 """
 
 from __future__ import annotations
@@ -72,7 +65,9 @@ ASSERTING_MODULES = tuple(
         "_concurrency",
         "_contract",
         "_crud",
+        "_edges",
         "_events",
+        "_faults",
         "_lifecycle",
         "_persistent",
         "_query",
@@ -95,6 +90,7 @@ _EXPORTS = {
     "CopyContract": "_roundtrip",
     "CrudContract": "_crud",
     "EventContract": "_events",
+    "FaultContract": "_faults",
     "IsolationContract": "_query",
     "JobStoreContract": "_contract",
     "LifecycleContract": "_lifecycle",
@@ -107,6 +103,7 @@ _EXPORTS = {
     "StatefulContract": "_stateful",
     "StatusContract": "_status",
     "StoreFixtures": "_base",
+    "TimeRangeContract": "_edges",
     "TransactionContract": "_transactions",
     "ValidationContract": "_roundtrip",
     "main": "_cli",
@@ -122,7 +119,9 @@ if TYPE_CHECKING:
     from ._concurrency import ConcurrencyContract
     from ._contract import JobStoreContract
     from ._crud import CrudContract
+    from ._edges import TimeRangeContract
     from ._events import EventContract
+    from ._faults import FaultContract
     from ._lifecycle import LifecycleContract
     from ._model import ReferenceModel
     from ._persistent import PersistenceContract
@@ -154,6 +153,7 @@ __all__ = [
     "CopyContract",
     "CrudContract",
     "EventContract",
+    "FaultContract",
     "IsolationContract",
     "JobStoreContract",
     "LifecycleContract",
@@ -166,6 +166,7 @@ __all__ = [
     "StatefulContract",
     "StatusContract",
     "StoreFixtures",
+    "TimeRangeContract",
     "TransactionContract",
     "ValidationContract",
     "main",

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
-from cidx_jobs import Checkpoint, JobFilter, JobPersistence, JobStatus, SyncJob, open_persistence
+from cidx_jobs import (
+    Checkpoint,
+    Hooks,
+    JobFilter,
+    JobPersistence,
+    JobStatus,
+    StoreSettings,
+    SyncJob,
+    open_persistence,
+    parse_config,
+    utcnow,
+)
+from cidx_jobs.backend import Backend, StoreConfig
 
 from ._capabilities import Capabilities, required_by, skip_reason
 
@@ -18,7 +31,6 @@ UTC = timezone.utc
 #: An instant with microseconds, far from any real clock, where test data starts.
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
-StoreConfig = str | Mapping[str, Any] | None
 Reopen = Callable[[], JobPersistence]
 
 
@@ -53,70 +65,120 @@ class ManualClock:
             self._now = when.astimezone(UTC)
 
 
-def install_clock(store: JobPersistence, clock: Callable[[], datetime]) -> None:
-    """Make ``store`` take the current time from ``clock``.
+class SuiteClock:
+    """The clock every store of the suite is built with: the wall clock, until a test
+    takes control of time through the ``clock`` fixture (a :class:`ManualClock`).
 
-    A store reads the time only through its settings' ``clock`` (which is what
-    lets tests replace it); the suite swaps it in place of the one the store
-    was opened with.
+    The suite hands it to the facade when it builds one (``StoreSettings(clock=...)``),
+    so a backend, wrapping or not, never needs to know about test clocks.
     """
-    try:
-        store.settings = attrs.evolve(store.settings, clock=clock)
-    except AttributeError as error:  # pragma: no cover - a backend that hides its settings
-        raise TypeError(
-            f"cannot install a test clock in {store!r}: its `settings` attribute is read-only; "
-            "the contract needs JobPersistence.settings to be assignable"
-        ) from error
+
+    def __init__(self) -> None:
+        self._manual: ManualClock | None = None
+
+    def __call__(self) -> datetime:
+        manual = self._manual
+        return utcnow() if manual is None else manual()
+
+    def take_over(self, manual: ManualClock) -> None:
+        """Show ``manual``'s time from now on."""
+        self._manual = manual
 
 
 class StoreFixtures:
     """The fixtures of the contract suite; every contract mixin derives from this class.
 
-    A backend's test class overrides ``store`` (required) and, where they
-    apply, ``capabilities``, ``store_config`` and ``reopen``.
+    A backend's test class overrides ``base_config`` (the configuration that names
+    the backend, e.g. ``"sqlite://"``), and the suite does the rest from the
+    backend's registration: its declared capabilities, and its scratch factory
+    for a fresh, isolated storage per test. A backend without a scratch factory
+    overrides ``store_config`` instead.
     """
 
     @pytest.fixture
-    def store(self) -> Iterator[JobPersistence]:
-        """A fresh, empty store for one test; closed afterwards. Override this fixture."""
+    def base_config(self) -> StoreConfig:
+        """The configuration that names the backend under test. Override this fixture."""
         raise NotImplementedError(
-            f"{type(self).__name__} must override the `store` fixture: define "
-            "`@pytest.fixture def store(self): ...` that yields a fresh, empty JobPersistence "
-            "of your backend and closes it afterwards (see the cidx_jobs_contract docs)"
+            f"{type(self).__name__} must override the `base_config` fixture: define "
+            "`@pytest.fixture def base_config(self): return 'mybackend://'` (a URL or "
+            "mapping naming your backend; see the cidx_jobs_contract docs)"
         )
 
     @pytest.fixture
-    def capabilities(self) -> Capabilities:
-        """The optional behaviour the backend has; override to declare more."""
-        return Capabilities()
+    def backend(self, base_config: StoreConfig) -> Backend:
+        """The registered backend that ``base_config`` names."""
+        name = parse_config(base_config)[0]
+        found = Hooks().backends().get(name)
+        if found is None:
+            raise LookupError(
+                f"no backend {name!r} is installed; install the distribution that "
+                "registers it through the cidx_jobs entry point"
+            )
+        return found
 
     @pytest.fixture
-    def store_config(self) -> StoreConfig:
-        """The URL or mapping that opens the storage ``store`` uses, or ``None``.
+    def capabilities(self, backend: Backend) -> Capabilities:
+        """The optional behaviour the backend declared when it registered."""
+        return Capabilities.from_declared(backend.capabilities)
 
-        Override it when the backend's storage can be opened again by
-        configuration: the default ``reopen`` and the multi-process tests use it.
+    @pytest.fixture
+    def store_config(
+        self, backend: Backend, base_config: StoreConfig, tmp_path: Path
+    ) -> Iterator[StoreConfig]:
+        """The configuration of a fresh, empty, isolated storage for this test.
+
+        Made by the backend's scratch factory, which removes the storage afterwards.
         """
-        return None
+        if backend.scratch is None:
+            raise NotImplementedError(
+                f"backend {backend.name!r} (plugin {backend.plugin!r}) registered no scratch "
+                "factory: pass `scratch=` to register() (see docs/writing-a-backend.md), or "
+                "override the `store_config` fixture"
+            )
+        workdir = tmp_path / "scratch"
+        workdir.mkdir()
+        with backend.scratch(base_config, workdir) as config:
+            yield config
+        left = sorted(path.name for path in workdir.iterdir())
+        if left:
+            pytest.fail(
+                f"the scratch factory of backend {backend.name!r} left {left} behind in its "
+                "folder: it must remove everything it made"
+            )
+        workdir.rmdir()
 
     @pytest.fixture
-    def reopen(self, store_config: StoreConfig) -> Iterator[Reopen]:
+    def suite_clock(self) -> SuiteClock:
+        """The clock of every store this test builds."""
+        return SuiteClock()
+
+    @pytest.fixture
+    def store_settings(self, suite_clock: SuiteClock) -> StoreSettings:
+        """The settings the suite builds its stores with (the suite's clock)."""
+        return StoreSettings(clock=suite_clock)
+
+    @pytest.fixture
+    def store(
+        self, store_config: StoreConfig, store_settings: StoreSettings
+    ) -> Iterator[JobPersistence]:
+        """A fresh, empty store for one test, built with the suite's settings; closed afterwards."""
+        store = open_persistence(store_config, settings=store_settings)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    @pytest.fixture
+    def reopen(self, store_config: StoreConfig, store_settings: StoreSettings) -> Iterator[Reopen]:
         """A callable that opens a new store on the storage of ``store``.
 
-        The default opens ``store_config`` with :func:`cidx_jobs.open_persistence`
-        and closes what it opened at teardown. Tests call it after closing
-        ``store`` (persistence) or while it is open (several handles).
+        Tests call it after closing ``store`` (persistence) or while it is open
+        (several handles); what it opened is closed at teardown.
         """
         opened: list[JobPersistence] = []
 
         def open_again() -> JobPersistence:
-            if store_config is None:
-                raise NotImplementedError(
-                    "this backend declares a capability that needs to reopen its storage: "
-                    "override the `store_config` fixture (the URL or mapping of the storage "
-                    "that `store` uses) or the `reopen` fixture"
-                )
-            reopened = open_persistence(store_config)
+            reopened = open_persistence(store_config, settings=store_settings)
             opened.append(reopened)
             return reopened
 
@@ -125,10 +187,10 @@ class StoreFixtures:
             reopened.close()
 
     @pytest.fixture
-    def clock(self, store: JobPersistence) -> ManualClock:
-        """A :class:`ManualClock` installed in ``store``, for exact timestamps."""
+    def clock(self, suite_clock: SuiteClock) -> ManualClock:
+        """A :class:`ManualClock` that every store of the test reads, for exact timestamps."""
         clock = ManualClock()
-        install_clock(store, clock)
+        suite_clock.take_over(clock)
         return clock
 
     @pytest.fixture(autouse=True)

@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 
 import attrs
 
+from cidx_jobs.backend import Capability
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 _REQUIRES_ATTRIBUTE = "__cidx_contract_requires__"
 
@@ -17,7 +19,9 @@ def _flag(default: bool, doc: str) -> Any:
 
 @attrs.frozen(kw_only=True)
 class Capabilities:
-    """The optional behaviour a backend has, declared by its ``capabilities`` fixture.
+    """The optional behaviour a backend has: what it declared when it registered
+    (:class:`cidx_jobs.backend.Capability`), narrowed or widened by a ``capabilities``
+    fixture or the command line's ``--without``/``--with``.
 
     Each flag is a named boolean with a one-line description; a contract test
     that needs a flag the backend does not declare is skipped, and the skip
@@ -27,7 +31,7 @@ class Capabilities:
     persistent: bool = _flag(False, "data survives close() and reopening the same storage")
     """Data survives ``close()`` and reopening the same storage (tests use ``reopen``)."""
 
-    concurrent_threads: bool = _flag(True, "many threads may call one store at the same time")
+    concurrent_threads: bool = _flag(False, "many threads may call one store at the same time")
     """Many threads may call one store at the same time."""
 
     multi_process: bool = _flag(
@@ -35,6 +39,16 @@ class Capabilities:
     )
     """Several processes (and store handles) may use the same storage at once (tests use
     ``store_config``)."""
+
+    fault_injection: bool = _flag(
+        False, "the storage's fault_injector() injects driver failures for the suite"
+    )
+    """The storage's ``fault_injector()`` lets the suite inject driver failures."""
+
+    @classmethod
+    def from_declared(cls, declared: Iterable[Capability | str]) -> Capabilities:
+        """The flags of the :class:`~cidx_jobs.backend.Capability` values a backend declared."""
+        return cls(**{Capability(flag).value: True for flag in declared})
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -86,4 +100,4 @@ def required_by(function: object) -> tuple[str, ...]:
 def skip_reason(missing: Iterable[str]) -> str:
     """The reason shown for a test skipped because of ``missing`` capabilities."""
     needs = "; ".join(f"{name!r}: {Capabilities.describe(name)}" for name in missing)
-    return f"needs capability {needs} (not declared by the backend's `capabilities` fixture)"
+    return f"needs capability {needs} (not declared by the backend)"

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cidx_jobs import ACTIVE_STATUSES, FINISHED_STATUSES, JobPersistence, JobStatus, SyncJob
+from cidx_jobs import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    CleanupPolicy,
+    JobPersistence,
+    JobStatus,
+    StoreSettings,
+    SyncJob,
+    hookimpl,
+)
+from cidx_jobs.backend import Storage
 from cidx_jobs.errors import ValidationError
 
 from ._base import ManualClock, Snapshot, StoreFixtures, at, new_job, snapshot
+from ._storage import ForwardingStorage
 
 NOW = at(days=100)
 WEEK = timedelta(days=7)
@@ -77,6 +90,76 @@ def _assert_only_expired_gone(store: JobPersistence, jobs: list[SyncJob], before
         for job_id, checkpoints in before.checkpoints.items()
         if job_id not in EXPIRED
     }
+
+
+#: The batch size of the small-batch policy, and how many expired jobs those tests make.
+BATCH = 3
+MANY = 10
+
+
+class _SmallBatches:
+    """A cleanup policy plugin: every finished job expires after the retention, in small batches."""
+
+    @hookimpl
+    def cidx_jobs_cleanup_policy(self, retention: timedelta) -> CleanupPolicy:
+        return CleanupPolicy.uniform(retention, batch_size=BATCH)
+
+
+@contextmanager
+def _small_batches(store: JobPersistence) -> Iterator[None]:
+    """Register the small-batch policy with ``store``'s plugin manager for the block."""
+    plugin = _SmallBatches()
+    store.hooks.pm.register(plugin, name="contract-small-batches")
+    try:
+        yield
+    finally:
+        store.hooks.pm.unregister(plugin)
+
+
+def _fill_many(store: JobPersistence) -> tuple[list[SyncJob], list[SyncJob], int]:
+    """MANY expired jobs (of every finished status, most with checkpoints) among jobs to keep.
+
+    Returns the expired jobs, the kept jobs and how many checkpoints the expired ones hold.
+    """
+    statuses = sorted(FINISHED_STATUSES)
+    expired = [
+        new_job(
+            f"expired-{n:02d}",
+            status=statuses[n % len(statuses)],
+            created_at=NOW - timedelta(days=30 + n),
+            completed_at=NOW - timedelta(days=20, minutes=n),
+        )
+        for n in range(MANY)
+    ]
+    kept = [
+        *(
+            new_job(f"active-{n}", status=status, created_at=NOW - timedelta(days=90))
+            for n, status in enumerate(sorted(ACTIVE_STATUSES))
+        ),
+        new_job("recent", status=JobStatus.COMPLETED, created_at=NOW, completed_at=NOW),
+    ]
+    for job in [*expired, *kept]:
+        store.save_job(job)
+    checkpoints = 0
+    for n, job in enumerate(expired):
+        for phase in ("git_pull", "indexing")[: n % 3]:
+            store.save_checkpoint(job.id, phase, {"n": n})
+            checkpoints += 1
+    store.save_checkpoint("active-0", "git_pull", {"kept": True})
+    return expired, kept, checkpoints
+
+
+class _RecordsBatches(ForwardingStorage):
+    """Forwards every call and records each ``delete_expired`` batch: (limit, jobs, checkpoints)."""
+
+    def __init__(self, inner: Storage) -> None:
+        super().__init__(inner)
+        self.batches: list[tuple[int, int, int]] = []
+
+    def delete_expired(self, cutoffs: Mapping[JobStatus, datetime], limit: int) -> tuple[int, int]:
+        jobs, checkpoints = self.inner.delete_expired(cutoffs, limit)
+        self.batches.append((limit, jobs, checkpoints))
+        return jobs, checkpoints
 
 
 class CleanupContract(StoreFixtures):
@@ -203,3 +286,42 @@ class CleanupContract(StoreFixtures):
         with pytest.raises(ValidationError):
             store.run_cleanup(NOW, retention=timedelta(days=-1))
         assert snapshot(store) == before
+
+    def test_cleanup_deletes_every_batch_not_only_the_first(self, store: JobPersistence) -> None:
+        """More expired jobs than one batch of the policy: every one goes, the rest stays."""
+        expired, kept, checkpoints = _fill_many(store)
+        with _small_batches(store):
+            dry = store.run_cleanup(NOW, retention=WEEK, dry_run=True)
+            assert (dry.jobs_deleted, dry.checkpoints_deleted) == (MANY, checkpoints), (
+                "a dry run counts every expired job, not one batch"
+            )
+            report = store.run_cleanup(NOW, retention=WEEK)
+        assert (report.jobs_deleted, report.checkpoints_deleted) == (MANY, checkpoints)
+        for job in expired:
+            assert store.load_job(job.id) is None, f"{job.id} should have been deleted"
+            assert store.list_checkpoints(job.id) == []
+        assert snapshot(store).jobs == sorted(
+            kept, key=lambda job: (job.created_at, job.id), reverse=True
+        )
+        assert store.load_checkpoint("active-0", "git_pull") == {"kept": True}
+
+    def test_cleanup_batches_never_exceed_the_policys_batch_size(
+        self, store: JobPersistence, store_settings: StoreSettings
+    ) -> None:
+        """Each ``Storage.delete_expired`` call deletes at most the policy's ``batch_size``."""
+        _fill_many(store)
+        recording = _RecordsBatches(store.storage)
+        # A second facade over the same storage, watching the calls the cleanup makes.
+        spied = JobPersistence(recording, hooks=store.hooks, settings=store_settings)
+        with _small_batches(store):
+            report = spied.run_cleanup(NOW, retention=WEEK)
+        limits = {limit for limit, _, _ in recording.batches}
+        assert limits == {BATCH}, f"the facade asks for batches of {BATCH}, got {limits}"
+        sizes = [jobs for _, jobs, _ in recording.batches]
+        assert max(sizes) <= BATCH, (
+            f"a batch deleted more jobs than the policy's batch_size of {BATCH}: {sizes}"
+        )
+        assert sum(sizes) == report.jobs_deleted == MANY, sizes
+        assert sum(c for _, _, c in recording.batches) == report.checkpoints_deleted
+        assert sizes[-1] == 0, "the cleanup stops only at a batch that deleted nothing"
+        assert store.count_jobs() == len(ACTIVE_STATUSES) + 1

@@ -6,16 +6,16 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import pytest
-
 from cidx_jobs import ACTIVE_STATUSES, JobFilter, JobPersistence, JobStatus
-from cidx_jobs.errors import DuplicateJobError
+from cidx_jobs.backend import StoreConfig
+from cidx_jobs.errors import DuplicateJobError, StorageBusyError
 
-from ._base import StoreConfig, StoreFixtures, at, new_job, newest_first
+from ._base import StoreFixtures, at, new_job, newest_first, snapshot
 from ._capabilities import requires
 
 _T = TypeVar("_T")
@@ -235,15 +235,106 @@ class ConcurrencyContract(StoreFixtures):
             if job_id.endswith("-a"):
                 assert store.load_checkpoint(job_id, "git_pull") is not None
 
+    @requires("concurrent_threads")
+    def test_uncommitted_writes_are_invisible_to_other_threads(self, store: JobPersistence) -> None:
+        """No other thread sees a block's writes before it commits (nor ever, once it rolls back).
+
+        A reader may wait until the block ends (a lock); it then sees the rolled-back state.
+        """
+        store.save_job(new_job("existing", progress=5, phase="git_pull"))
+        store.save_checkpoint("existing", "git_pull", {"sha": "before"})
+        before = snapshot(store)
+        written = threading.Event()
+        read = threading.Event()
+
+        def writer() -> None:
+            try:
+                with store.transaction():
+                    store.save_job(new_job("uncommitted", user="bob"))
+                    store.update_job_progress("existing", 80, "indexing")
+                    store.update_job_status("existing", JobStatus.RUNNING)
+                    store.save_checkpoint("existing", "git_pull", {"sha": "uncommitted"})
+                    written.set()
+                    # The reader reads now, while the block is open; a reader that waits
+                    # for the block (a lock) cannot finish, so the block ends after a while.
+                    read.wait(timeout=0.5)
+                    raise _Rollback
+            except _Rollback:
+                pass
+            finally:
+                written.set()
+
+        def reader() -> dict[str, Any]:
+            assert written.wait(timeout=60)
+            try:
+                return _read_everything()
+            finally:
+                read.set()
+
+        def _read_everything() -> dict[str, Any]:
+            existing = store.load_job("existing")
+            assert existing is not None
+            return {
+                "load_job": store.load_job("uncommitted"),
+                "progress": (existing.progress, existing.phase, existing.status),
+                "query_jobs": [job.id for job in store.query_jobs(JobFilter(limit=1000))],
+                "count_jobs": store.count_jobs(),
+                "count_jobs of bob": store.count_jobs(JobFilter(user_id="bob")),
+                "running": store.count_jobs(JobFilter(statuses={JobStatus.RUNNING})),
+                "load_checkpoint": store.load_checkpoint("existing", "git_pull"),
+            }
+
+        _, seen = run_threads(2, lambda index: writer() if index == 0 else reader())
+        assert seen == {
+            "load_job": None,
+            "progress": (5, "git_pull", JobStatus.PENDING),
+            "query_jobs": ["existing"],
+            "count_jobs": 1,
+            "count_jobs of bob": 0,
+            "running": 0,
+            "load_checkpoint": {"sha": "before"},
+        }, "another thread saw writes of a block that had not committed"
+        assert snapshot(store) == before
+
+    @requires("concurrent_threads")
+    def test_read_modify_write_blocks_lose_no_update(self, store: JobPersistence) -> None:
+        """Blocks on several threads that read a value and write it back run as if one by one.
+
+        A block that fails with StorageBusyError (a deadlock victim, a serialization
+        failure) committed nothing, so it is retried, as a caller would.
+        """
+        store.save_job(new_job("counter"))
+        threads, rounds = 4, 10
+
+        def work(thread: int) -> int:
+            retries = 0
+            for _ in range(rounds):
+                while True:
+                    try:
+                        with store.transaction():
+                            job = store.load_job("counter")
+                            assert job is not None
+                            # Widens the window in which another block could interleave.
+                            time.sleep(0.001)
+                            assert store.update_job_progress("counter", job.progress + 1)
+                        break
+                    except StorageBusyError:
+                        retries += 1
+                        assert retries < 1000, "a block was refused as busy 1000 times"
+            return retries
+
+        run_threads(threads, work)
+        counter = store.load_job("counter")
+        assert counter is not None
+        assert counter.progress == threads * rounds, (
+            f"{threads} threads x {rounds} increments in blocks gave {counter.progress}: "
+            "blocks interleaved and updates were lost"
+        )
+
     @requires("multi_process")
     def test_processes_share_the_storage(
         self, store: JobPersistence, store_config: StoreConfig
     ) -> None:
-        if store_config is None:
-            pytest.fail(
-                "the backend declares multi_process but its `store_config` fixture returns None; "
-                "return the URL or mapping that opens the storage of `store`"
-            )
         shared = [f"shared-{n:02d}" for n in range(30)]
         for job_id in shared:
             store.save_job(new_job(job_id))

@@ -6,7 +6,9 @@ from ._checkpoints import CheckpointContract
 from ._cleanup import CleanupContract
 from ._concurrency import ConcurrencyContract
 from ._crud import CrudContract
+from ._edges import TimeRangeContract
 from ._events import EventContract
+from ._faults import FaultContract
 from ._lifecycle import LifecycleContract
 from ._persistent import PersistenceContract
 from ._query import IsolationContract, PaginationContract, QueryContract
@@ -30,11 +32,14 @@ class JobStoreContract(
     ValidationContract,
     CopyContract,
     EventContract,
+    FaultContract,
+    TimeRangeContract,
     PersistenceContract,
     StatefulContract,
     LifecycleContract,
 ):
-    """Every contract test. Subclass it as ``Test...`` in a backend's tests and override ``store``.
+    """Every contract test. Subclass it as ``Test...`` in a backend's tests and override
+    ``base_config`` (the configuration naming the backend, e.g. ``"sqlite://"``).
 
     The class has no ``Test`` prefix, so pytest never collects it on its own.
     """

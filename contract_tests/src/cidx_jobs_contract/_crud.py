@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cidx_jobs import JobFilter, JobPersistence, JobStatus
-from cidx_jobs.errors import DuplicateJobError, StorageError
+from cidx_jobs.errors import DuplicateJobError, StorageUnavailableError
 
 from ._base import StoreFixtures, at, new_job, snapshot
 
@@ -113,14 +113,14 @@ class CrudContract(StoreFixtures):
         store.save_job(new_job("job-1"))
         store.close()
         store.close()
-        with pytest.raises(StorageError):
+        with pytest.raises(StorageUnavailableError):
             store.load_job("job-1")
-        with pytest.raises(StorageError):
+        with pytest.raises(StorageUnavailableError):
             store.save_job(new_job("job-2"))
 
     def test_store_is_a_context_manager_that_closes(self, store: JobPersistence) -> None:
         with store as entered:
             assert entered is store
             entered.save_job(new_job("job-1"))
-        with pytest.raises(StorageError):
+        with pytest.raises(StorageUnavailableError):
             store.query_jobs()

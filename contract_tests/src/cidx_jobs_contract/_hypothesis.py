@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import InvalidArgument
 
 PROFILE_ENV_VAR = "HYPOTHESIS_PROFILE"
+#: Set to 1 to skip shrinking: a failure is reported at once, with the example as found
+#: (unshrunk, so longer), instead of after minutes of minimising on a slow backend.
+NO_SHRINK_ENV_VAR = "CIDX_JOBS_CONTRACT_NO_SHRINK"
 DEFAULT_PROFILE = "ci"
 
 _PROFILES: dict[str, dict[str, Any]] = {
@@ -42,7 +45,9 @@ def contract_settings() -> settings:
 
     The profile named by ``HYPOTHESIS_PROFILE`` (``ci`` when unset or unknown),
     with the contract's budget of examples and steps for ``ci`` and ``dev``;
-    any other registered profile is used as it is.
+    any other registered profile is used as it is. With
+    ``CIDX_JOBS_CONTRACT_NO_SHRINK=1`` (or the command line's ``--no-shrink``),
+    a failing example is reported without shrinking.
     """
     register_profiles()
     name = os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE
@@ -52,6 +57,9 @@ def contract_settings() -> settings:
         name = DEFAULT_PROFILE
         parent = settings.get_profile(name)
     examples, steps = _STATEFUL_BUDGET.get(name, (parent.max_examples, parent.stateful_step_count))
+    phases = tuple(parent.phases)
+    if os.environ.get(NO_SHRINK_ENV_VAR, "").strip() not in ("", "0"):
+        phases = tuple(phase for phase in phases if phase is not Phase.shrink)
     # A backend on a slow disk must not fail for being slow: timing is a benchmark's job.
     return settings(
         parent,
@@ -59,6 +67,7 @@ def contract_settings() -> settings:
         suppress_health_check=[*parent.suppress_health_check, HealthCheck.too_slow],
         max_examples=examples,
         stateful_step_count=steps,
+        phases=phases,
     )
 
 

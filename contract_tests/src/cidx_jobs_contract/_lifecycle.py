@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timedelta, timezone
 
+import attrs
 import pytest
 
-from cidx_jobs import JobPersistence, JobStatus, SyncJob, hookimpl, utcnow
+from cidx_jobs import JobPersistence, JobStatus, StoreSettings, SyncJob, hookimpl, utcnow
+from cidx_jobs.backend import Storage
 from cidx_jobs.errors import ValidationError
 
-from ._base import StoreFixtures
+from ._base import ManualClock, StoreFixtures
+from ._storage import ForwardingStorage
 
 LONG_AGO = datetime(2020, 1, 1, tzinfo=timezone.utc)
 LEASE = timedelta(minutes=5)
@@ -29,6 +32,26 @@ def _orphan(store: JobPersistence, job_id: str, status: JobStatus, owner: str = 
             heartbeat_at=LONG_AGO,
         )
     )
+
+
+class _OwnerRenewsAfterLookup(ForwardingStorage):
+    """Forwards every call; right after the first stale lookup that finds jobs, their
+    owner renews its leases, as a live owner's heartbeat may between a recoverer's
+    lookup and its take-over."""
+
+    def __init__(self, inner: Storage, owner: str, clock: ManualClock) -> None:
+        super().__init__(inner)
+        self.owner = owner
+        self.clock = clock
+        self.renewed: int | None = None
+        self.renewed_at: datetime | None = None
+
+    def find_stale(self, before: datetime, exclude_owner: str, limit: int) -> list[SyncJob]:
+        stale = self.inner.find_stale(before, exclude_owner, limit)
+        if stale and self.renewed is None:
+            self.renewed_at = self.clock.advance(timedelta(seconds=1))
+            self.renewed = self.inner.renew_leases(self.owner, self.renewed_at)
+        return stale
 
 
 class LifecycleContract(StoreFixtures):
@@ -220,3 +243,29 @@ class LifecycleContract(StoreFixtures):
         assert job is not None
         assert job.started_at == LONG_AGO
         assert job.owner_id == store.owner_id
+
+    def test_a_take_over_never_takes_a_job_whose_owner_heartbeated_after_the_lookup(
+        self, store: JobPersistence, store_settings: StoreSettings, clock: ManualClock
+    ) -> None:
+        """The take-over is a compare-and-set on status, owner *and* heartbeat_at."""
+        store.save_job(SyncJob(id="running", user_id="u", project_id="p"))
+        assert store.update_job_status("running", JobStatus.RUNNING)
+        store.save_job(SyncJob(id="queued", user_id="u", project_id="p", status=JobStatus.QUEUED))
+        clock.advance(LEASE + timedelta(minutes=1))
+        # A recoverer (another facade, another owner) over the same storage, whose stale
+        # lookup is followed at once by the owner's heartbeat.
+        spy = _OwnerRenewsAfterLookup(store.storage, store.owner_id, clock)
+        recoverer = JobPersistence(spy, settings=attrs.evolve(store_settings, owner_id="recoverer"))
+        report = recoverer.recover_interrupted_jobs(lease_timeout=LEASE)
+        assert spy.renewed == 2, "the stale lookup found both jobs and their owner renewed them"
+        assert (report.interrupted, report.requeue) == ([], []), (
+            "a job was taken over although its owner renewed its lease after the lookup"
+        )
+        for job_id, status in (("running", JobStatus.RUNNING), ("queued", JobStatus.QUEUED)):
+            job = store.load_job(job_id)
+            assert job is not None
+            assert (job.status, job.owner_id, job.heartbeat_at) == (
+                status,
+                store.owner_id,
+                spy.renewed_at,
+            ), job_id

@@ -27,7 +27,7 @@ from cidx_jobs import (
 )
 from cidx_jobs.errors import DuplicateJobError, ValidationError
 
-from ._base import T0, UTC, ManualClock, StoreFixtures, all_jobs, install_clock
+from ._base import T0, UTC, ManualClock, StoreFixtures, SuiteClock, all_jobs
 from ._hypothesis import contract_settings
 from ._model import ReferenceModel
 
@@ -343,12 +343,12 @@ class JobStoreMachine(RuleBasedStateMachine):
     cancelled, then expired), so one store serves every example.
     """
 
-    def __init__(self, store: JobPersistence) -> None:
+    def __init__(self, store: JobPersistence, suite_clock: SuiteClock) -> None:
         super().__init__()
         self.store = store
         self.model = ReferenceModel(max_bytes=store.settings.max_metadata_bytes)
         self.clock = ManualClock()
-        install_clock(store, self.clock)
+        suite_clock.take_over(self.clock)
         self.paging: tuple[JobFilter, JobPage] | None = None
         self._wipe()
         assert store.count_jobs() == 0, "the store could not be emptied between examples"
@@ -488,9 +488,11 @@ class JobStoreMachine(RuleBasedStateMachine):
 class StatefulContract(StoreFixtures):
     """Random sequences of operations give the same answers as :class:`ReferenceModel`."""
 
-    def test_matches_the_reference_model(self, store: JobPersistence) -> None:
+    def test_matches_the_reference_model(
+        self, store: JobPersistence, suite_clock: SuiteClock
+    ) -> None:
         class OnThisStore(JobStoreMachine):
             def __init__(self) -> None:
-                super().__init__(store)
+                super().__init__(store, suite_clock)
 
         run_state_machine_as_test(OnThisStore, settings=contract_settings())

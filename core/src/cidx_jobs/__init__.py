@@ -1,20 +1,14 @@
 """cidx-jobs: durable job state for the CIDX server.
 
 Open a store with :func:`open_persistence` and use the :class:`JobPersistence`
-interface; backends are plugins (``sqlite``, ``memory``, and third parties').
+facade; backends are plugins (``sqlite``, ``memory``, and third parties'), and
+what a backend author needs is in :mod:`cidx_jobs.backend`.
 """
 
 from __future__ import annotations
 
-from . import errors, serialization
-from ._config import (
-    URL_ENV_VAR,
-    BackendConfig,
-    Options,
-    StoreSettings,
-    open_persistence,
-    parse_config,
-)
+from . import backend, errors, serialization
+from ._config import URL_ENV_VAR, StoreSettings, parse_config
 from ._models import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
@@ -30,8 +24,9 @@ from ._models import (
     SyncJob,
     utcnow,
 )
-from ._persistence import JobPersistence, StatusChange
-from ._plugins import BLOCK_ENV_VAR, ENTRY_POINT_GROUP, BackendFactory, Hooks, get_plugin_manager
+from ._open import find_backend, open_persistence
+from ._persistence import JobPersistence
+from ._plugins import BLOCK_ENV_VAR, ENTRY_POINT_GROUP, Hooks, PluginManager, get_plugin_manager
 from ._scheduler import AsyncCleanupScheduler, CleanupScheduler
 from .hookspecs import hookimpl
 
@@ -43,8 +38,6 @@ __all__ = [
     "TERMINAL_STATUSES",
     "URL_ENV_VAR",
     "AsyncCleanupScheduler",
-    "BackendConfig",
-    "BackendFactory",
     "Checkpoint",
     "CleanupPolicy",
     "CleanupReport",
@@ -54,13 +47,14 @@ __all__ = [
     "JobPage",
     "JobPersistence",
     "JobStatus",
-    "Options",
+    "PluginManager",
     "RecoveryReport",
     "ResumePoint",
-    "StatusChange",
     "StoreSettings",
     "SyncJob",
+    "backend",
     "errors",
+    "find_backend",
     "get_plugin_manager",
     "hookimpl",
     "open_persistence",

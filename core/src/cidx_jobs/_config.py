@@ -1,23 +1,23 @@
-"""Configuration: URLs and mappings, shared store settings, and open_persistence()."""
+"""Configuration: URLs and mappings, the shared store settings and typed backend options.
+
+This module imports nothing of the facade or the plugin layer, so that both can use it.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 
 from ._models import utcnow
 from ._validate import check_id
-from .errors import BackendNotFoundError, ConfigError, ValidationError
+from .errors import ConfigError, ValidationError
 
-if TYPE_CHECKING:
-    from ._persistence import JobPersistence
-    from ._plugins import Hooks
-
+#: The environment variable :func:`~cidx_jobs.open_persistence` reads when given no configuration.
 URL_ENV_VAR = "CIDX_JOBS_URL"
 #: Options every backend accepts; core reads them before the backend sees the rest.
 COMMON_OPTIONS = (
@@ -30,6 +30,8 @@ COMMON_OPTIONS = (
 )
 DEFAULT_MAX_METADATA_BYTES = 1024 * 1024
 DEFAULT_RETENTION = timedelta(days=7)
+# ASCII digits only: int() also takes "1_000" and full-width digits, which no one means.
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 @attrs.frozen(kw_only=True)
@@ -135,14 +137,14 @@ class Options:
         value = self._take(name)
         if value is None:
             return default
-        try:
-            if isinstance(value, (bool, float)):
-                raise ValueError
-            number = value if isinstance(value, int) else int(str(value))
-        except ValueError:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+            number = int(value.strip())
+        else:
             raise ConfigError(
-                f"option {name!r} must be an integer, got {value!r}", option=name
-            ) from None
+                f"option {name!r} must be an integer (ASCII digits), got {value!r}", option=name
+            )
         if not minimum <= number <= maximum:
             raise ConfigError(
                 f"option {name!r} must be between {minimum} and {maximum}, got {number}",
@@ -221,35 +223,75 @@ class Options:
             )
 
 
+def mask_password(url: str | None) -> str | None:
+    """``url`` with the password of its address replaced by ``***``, for logs and reprs."""
+    if url is None or "://" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    address, slash, tail = rest.partition("/")
+    credentials, at, host = address.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{tail}"
+
+
 @attrs.frozen(kw_only=True)
 class BackendConfig:
-    """What a backend factory receives.
+    """What a backend factory receives: where its storage is and the options for it.
 
-    :ivar backend: the backend name (the URL scheme).
-    :ivar url: the URL the store was opened with, or ``None`` for a mapping.
-    :ivar path: the URL's path (``sqlite:///jobs.db`` gives ``jobs.db``) or the
-        mapping's ``path`` entry; ``None`` when there is none.
-    :ivar options: the backend's own options, unparsed; read them with :meth:`reader`.
-    :ivar settings: the common settings, already parsed.
-    :ivar hooks: the hooks the store must call.
+    The common options (``max_metadata_bytes``, ``retention_days``,
+    ``checkpoint_max_age_hours``, ``lease_timeout_seconds``, ``owner_id``) are
+    core's and never reach a backend: the facade applies them.
+
+    :ivar backend: the backend name (the URL scheme, lower case).
+    :ivar url: the URL the store was opened with (credentials included), or
+        ``None`` for a mapping.
+    :ivar path: the URL's path, percent-decoded (``sqlite:///jobs.db`` gives
+        ``jobs.db``, ``postgresql://host/db`` gives ``db``) or the mapping's
+        ``path`` entry; ``None`` when there is none.
+    :ivar host: the URL's host name, percent-decoded (brackets of an IPv6
+        address removed), or the mapping's ``host`` entry; ``None`` when there is none.
+    :ivar port: the URL's port, or ``None``.
+    :ivar username: the URL's user name, percent-decoded, or ``None``.
+    :ivar password: the URL's password, percent-decoded, or ``None``.
+    :ivar options: the backend's own options, unparsed (from the URL's query
+        string, or the mapping's other entries); read them with :meth:`reader`.
     """
 
     backend: str
-    url: str | None
+    url: str | None = attrs.field(repr=lambda url: repr(mask_password(url)))
     path: str | None
     options: Mapping[str, object]
-    settings: StoreSettings
-    hooks: Hooks
+    host: str | None = None
+    port: int | None = None
+    username: str | None = attrs.field(default=None, repr=False)
+    password: str | None = attrs.field(default=None, repr=False)
 
     def reader(self) -> Options:
         """A fresh :class:`Options` over this backend's options."""
         return Options(self.backend, self.options, known=COMMON_OPTIONS)
 
+    def reject_location(self, *, why: str) -> None:
+        """Refuse a host, port, user name or password, for a backend that has no server.
+
+        :param why: how to write the configuration instead, for the message.
+        :raises ConfigError: one of them is set.
+        """
+        for name in ("host", "port", "username", "password"):
+            if getattr(self, name) is not None:
+                raise ConfigError(
+                    f"the {self.backend!r} backend takes no {name} ({why})", option=name
+                )
+
 
 def parse_config(
     config: str | Mapping[str, object] | None,
 ) -> tuple[str, str | None, dict[str, object]]:
-    """Split a configuration into (backend, url, options); ``path`` is an option.
+    """Split a configuration into (backend, url, options).
+
+    A URL's path, host, port, user name and password (percent-decoded) become
+    the options ``path``, ``host``, ``port``, ``username`` and ``password``.
 
     :raises ConfigError: no configuration, a malformed URL, or no backend key.
     """
@@ -283,10 +325,30 @@ def parse_config(
             options[key] = value
         # sqlite:///rel.db -> "rel.db", sqlite:////abs.db -> "/abs.db"
         path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
-        if parts.netloc:
-            options["netloc"] = parts.netloc
         if path:
+            if "path" in options:
+                raise ConfigError(
+                    "the URL has a path and a 'path' option; give the path once", option="path"
+                )
             options["path"] = path
+        try:
+            port = parts.port
+        except ValueError as error:
+            raise ConfigError(f"the URL's port is invalid: {error}", option="port") from None
+        location: dict[str, str | int | None] = {
+            "host": unquote(parts.hostname) if parts.hostname else None,
+            "port": port,
+            "username": unquote(parts.username) if parts.username is not None else None,
+            "password": unquote(parts.password) if parts.password is not None else None,
+        }
+        for key, found in location.items():
+            if found is not None:
+                if key in options:
+                    raise ConfigError(
+                        f"the URL gives the {key} twice (in the address and as an option)",
+                        option=key,
+                    )
+                options[key] = found
         return backend, config, options
     if isinstance(config, Mapping):
         options = dict(config)
@@ -339,49 +401,4 @@ def read_settings(options: Options, base: StoreSettings | None = None) -> StoreS
         lease_timeout=timedelta(seconds=lease),
         owner_id=owner_id,
         clock=base.clock,
-    )
-
-
-def open_persistence(
-    config: str | Mapping[str, object] | None = None,
-    *,
-    hooks: Hooks | None = None,
-    settings: StoreSettings | None = None,
-) -> JobPersistence:
-    """Open the job store that ``config`` names.
-
-    :param config: a URL (``memory://``, ``sqlite:///path/to/jobs.db?pool_size=8``)
-        or a mapping with a ``backend`` key and options
-        (``{"backend": "sqlite", "path": "jobs.db"}``). With ``None``, the
-        ``CIDX_JOBS_URL`` environment variable.
-    :param hooks: the hooks to use; by default a fresh plugin manager with the
-        installed plugins.
-    :param settings: defaults for the common settings (e.g. a test clock);
-        options in ``config`` override them.
-    :raises ConfigError: no configuration, or an option is unknown or invalid
-        (the error's ``option`` names it).
-    :raises BackendNotFoundError: no installed plugin provides the backend; the
-        message lists the installed ones.
-    :raises StorageError: the backend could not open its storage.
-    """
-    from ._plugins import Hooks
-
-    backend, url, raw = parse_config(config)
-    hooks = hooks if hooks is not None else Hooks()
-    factories = hooks.backends()
-    factory = factories.get(backend)
-    if factory is None:
-        raise BackendNotFoundError(backend, list(factories))
-    common = Options(backend, raw)
-    store_settings = read_settings(common, settings)
-    path = common.get_str("path")
-    return factory(
-        BackendConfig(
-            backend=backend,
-            url=url,
-            path=path,
-            options=common.remaining(),
-            settings=store_settings,
-            hooks=hooks,
-        )
     )

@@ -22,7 +22,7 @@ def cidx_jobs_cleanup_policy(retention: timedelta) -> CleanupPolicy:
 
 
 @hookimpl(trylast=True)
-def cidx_jobs_checkpoint_should_write(
+def cidx_jobs_checkpoint_policy(
     job_id: str,
     phase: str,
     data: Mapping[str, Any],
@@ -33,7 +33,7 @@ def cidx_jobs_checkpoint_should_write(
 
 
 @hookimpl(trylast=True)
-def cidx_jobs_resume_checkpoint(
+def cidx_jobs_resume_policy(
     checkpoints: Sequence[Checkpoint], now: datetime, max_age: timedelta
 ) -> Checkpoint | Literal[False]:
     if not checkpoints:

@@ -84,9 +84,12 @@ class JobStatus(str, enum.Enum):
             ) from None
 
 
+#: Statuses of a job that is not finished: pending, queued, running. Cleanup never deletes
+#: them, and they carry a lease that recovery can take over.
 ACTIVE_STATUSES: frozenset[JobStatus] = frozenset(
     {JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING}
 )
+#: Statuses a job never leaves without ``expected``: completed, failed, cancelled.
 TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
     {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
 )

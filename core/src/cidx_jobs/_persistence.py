@@ -1,27 +1,22 @@
-"""JobPersistence: the interface every backend implements."""
+"""JobPersistence: the facade the server calls, over a backend's storage."""
 
 from __future__ import annotations
 
-import abc
 import logging
 import os
 import secrets
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-import attrs
-
 from . import _validate as v
 from ._config import StoreSettings
 from ._models import (
-    ACTIVE_STATUSES,
     FINISHED_STATUSES,
-    TERMINAL_STATUSES,
     Checkpoint,
     CleanupReport,
     JobFilter,
@@ -30,71 +25,17 @@ from ._models import (
     RecoveryReport,
     ResumePoint,
     SyncJob,
+    _before,
 )
 from ._plugins import Hooks
+from .backend import StatusChange, Storage
 from .errors import JobNotFoundError, ValidationError
 
 logger = logging.getLogger("cidx_jobs")
 
 _CHECKPOINT_MEMORY = 10_000
 _RECOVERY_BATCH = 500
-
-
-@attrs.frozen(kw_only=True)
-class StatusChange:
-    """A requested status change, validated; backends apply it with :meth:`apply` or its SQL twin.
-
-    The rules, which every backend must follow exactly:
-
-    * With ``expected``, the change applies only if the current status is in it.
-    * Without it, the change applies unless it would move a terminal job back to
-      an active status.
-    * ``started_at`` is set on the first move to running (kept afterwards).
-    * ``completed_at`` is set to ``now`` on entering a terminal status from a
-      non-terminal one (kept when moving between terminal statuses) and
-      cleared on moving to an active status.
-    * ``error_message`` replaces the stored one when given, else is kept.
-    * A move to running with an ``owner`` records that owner and ``now`` as
-      the job's lease (``owner_id``, ``heartbeat_at``).
-    """
-
-    status: JobStatus
-    error_message: str | None
-    expected: frozenset[JobStatus] | None
-    now: datetime
-    owner: str | None = None
-
-    def allowed_from(self, current: JobStatus) -> bool:
-        """Whether the change applies to a job whose status is ``current``."""
-        if self.expected is not None:
-            return current in self.expected
-        return not (current in TERMINAL_STATUSES and self.status in ACTIVE_STATUSES)
-
-    def apply(self, job: SyncJob) -> SyncJob | None:
-        """The job after the change, or ``None`` if the change does not apply to it."""
-        if not self.allowed_from(job.status):
-            return None
-        started_at = job.started_at
-        if self.status is JobStatus.RUNNING and started_at is None:
-            started_at = self.now
-        completed_at = job.completed_at
-        if self.status in TERMINAL_STATUSES:
-            if job.status not in TERMINAL_STATUSES or completed_at is None:
-                completed_at = self.now
-        elif self.status in ACTIVE_STATUSES:
-            completed_at = None
-        takes_lease = self.status is JobStatus.RUNNING and self.owner is not None
-        return attrs.evolve(
-            job,
-            owner_id=self.owner if takes_lease else job.owner_id,
-            heartbeat_at=self.now if takes_lease else job.heartbeat_at,
-            status=self.status,
-            started_at=started_at,
-            completed_at=completed_at,
-            error_message=self.error_message
-            if self.error_message is not None
-            else job.error_message,
-        )
+_DEFAULT_BATCH = 1000
 
 
 def _with_lease(
@@ -141,32 +82,84 @@ class _Local(threading.local):
     pending: list[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
 
 
-class JobPersistence(abc.ABC):
+class JobPersistence:
     """The job store: what the server calls, whatever the backend.
 
-    The public methods validate their inputs (raising
-    :class:`~cidx_jobs.errors.ValidationError` before any I/O), call the
-    backend's storage primitives (the abstract ``_`` methods), and fire the
-    event hooks after the change is stored. Backends implement only the
-    primitives; see "Writing a backend" in the docs.
+    A facade over one backend's :class:`~cidx_jobs.backend.Storage`: its
+    methods validate their inputs (raising
+    :class:`~cidx_jobs.errors.ValidationError` before any I/O), apply the status
+    rules and the policy hooks, make one storage call where the operation is one
+    statement, and fire the event hooks after the change is stored. It owns the
+    hooks, the settings (and so the clock), the owner id, the checkpoint-throttle
+    memory and the event buffering of :meth:`transaction`.
+
+    Open one with :func:`~cidx_jobs.open_persistence`, or build it around a
+    storage directly: ``JobPersistence(storage, settings=StoreSettings(clock=...))``.
 
     Every method may raise :class:`~cidx_jobs.errors.StorageError` (or a
-    subclass) when the storage fails; such a call wrote nothing. A store is
-    safe to share between threads.
+    subclass) when the storage fails; such a call wrote nothing, except after
+    :class:`~cidx_jobs.errors.StorageOutcomeUnknownError` (the connection was
+    lost during the commit). A store is safe to share between threads.
+
+    :param storage: the backend's storage; the facade closes it in :meth:`close`.
+    :param hooks: the hooks to call; by default a fresh plugin manager with the
+        installed plugins.
+    :param settings: the common settings; by default :class:`StoreSettings`'s.
+    :raises ValidationError: ``storage`` is not a Storage.
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_checkpoint_lock",
+        "_checkpoint_times",
+        "_hooks",
+        "_local",
+        "_settings",
+        "_storage",
+        "owner_id",
+    )
+
     def __init__(
-        self, *, hooks: Hooks | None = None, settings: StoreSettings | None = None
+        self,
+        storage: Storage,
+        *,
+        hooks: Hooks | None = None,
+        settings: StoreSettings | None = None,
     ) -> None:
-        self.hooks = hooks if hooks is not None else Hooks()
-        self.settings = settings if settings is not None else StoreSettings()
+        if not isinstance(storage, Storage):
+            raise ValidationError(
+                f"JobPersistence() takes a cidx_jobs.backend.Storage, got {type(storage).__name__}",
+                field="storage",
+            )
+        self._storage = storage
+        self._hooks = hooks if hooks is not None else Hooks()
+        self._settings = settings if settings is not None else StoreSettings()
         self._local = _Local()
         self._checkpoint_times: dict[tuple[str, str], datetime] = {}
         self._checkpoint_lock = threading.Lock()
         #: Who this store instance is, for job leases: host, process and a random part.
-        self.owner_id: str = self.settings.owner_id or (
+        self.owner_id: str = self._settings.owner_id or (
             f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         )
+
+    @property
+    def storage(self) -> Storage:
+        """The backend's storage, for what only that backend offers (e.g. SQLite's
+        ``backup()``); calls made on it directly bypass validation and events."""
+        return self._storage
+
+    @property
+    def hooks(self) -> Hooks:
+        """The hooks this store calls."""
+        return self._hooks
+
+    @property
+    def settings(self) -> StoreSettings:
+        """The common settings in force (read-only: open a new store to change them)."""
+        return self._settings
+
+    def __repr__(self) -> str:
+        return f"<JobPersistence {self._storage!r}>"
 
     # -- the public API --------------------------------------------------------------
 
@@ -187,11 +180,11 @@ class JobPersistence(abc.ABC):
             )
         # The dict is mutable: check it again, as it may have changed since the job was built.
         metadata_json = v.encode_json_object(job.metadata, "metadata")[1]
-        v.check_size(metadata_json, self.settings.max_metadata_bytes, "metadata")
+        v.check_size(metadata_json, self._settings.max_metadata_bytes, "metadata")
         if job.owner_id is None or job.heartbeat_at is None:
             job = _with_lease(job, job.owner_id or self.owner_id, job.heartbeat_at or self._now())
-        self._insert_job(job, metadata_json)
-        self._emit(self.hooks.job_saved, job)
+        self._storage.insert_job(job, metadata_json)
+        self._emit(self._hooks.job_saved, job)
         return True
 
     def load_job(self, job_id: str) -> SyncJob | None:
@@ -199,7 +192,7 @@ class JobPersistence(abc.ABC):
 
         :raises ValidationError: ``job_id`` is not a valid id.
         """
-        return self._get_job(v.check_id(job_id, "job_id"))
+        return self._storage.get_job(v.check_id(job_id, "job_id"))
 
     def update_job_status(
         self,
@@ -231,10 +224,10 @@ class JobPersistence(abc.ABC):
             now=self._now(),
             owner=self.owner_id,
         )
-        changed = self._set_status(v.check_id(job_id, "job_id"), change)
+        changed = self._storage.set_status(v.check_id(job_id, "job_id"), change)
         if changed:
             self._emit(
-                self.hooks.status_changed, job_id, change.status, change.error_message, change.now
+                self._hooks.status_changed, job_id, change.status, change.error_message, change.now
             )
         return changed
 
@@ -247,7 +240,7 @@ class JobPersistence(abc.ABC):
         job_id = v.check_id(job_id, "job_id")
         progress = v.check_int(progress, "progress", minimum=0, maximum=100)
         phase = v.check_optional_text(phase, "phase")
-        return self._set_progress(job_id, progress, phase)
+        return self._storage.set_progress(job_id, progress, phase)
 
     def query_jobs(self, filter: JobFilter | None = None) -> list[SyncJob]:
         """The jobs matching ``filter``, newest first; an empty list when none match.
@@ -269,7 +262,7 @@ class JobPersistence(abc.ABC):
         if filter.matches_nothing():
             return JobPage(jobs=[], next_cursor=None)
         # One row more than asked tells whether another page exists.
-        rows = self._select_jobs(filter, filter.after_key(), filter.limit + 1)
+        rows = self._storage.select_jobs(filter, filter.after_key(), filter.limit + 1)
         if len(rows) > filter.limit:
             del rows[filter.limit :]
             return JobPage(jobs=rows, next_cursor=filter.cursor_after(rows[-1]))
@@ -283,7 +276,7 @@ class JobPersistence(abc.ABC):
         filter = self._check_filter(filter)
         if filter.matches_nothing():
             return 0
-        return self._count_jobs(filter)
+        return self._storage.count_jobs(filter)
 
     def delete_expired_jobs(self, older_than: datetime) -> int:
         """Delete the non-active jobs that finished before ``older_than``, with their checkpoints.
@@ -297,10 +290,10 @@ class JobPersistence(abc.ABC):
         """
         cutoff = v.to_utc(older_than, "older_than")
         cutoffs = dict.fromkeys(FINISHED_STATUSES, cutoff)
-        jobs, checkpoints = self._delete_finished(cutoffs, batch_size=1000, dry_run=False)
+        jobs, checkpoints = self._delete_expired(cutoffs, _DEFAULT_BATCH, dry_run=False)
         # The default observer logs the count on the cidx_jobs logger.
         self._emit(
-            self.hooks.cleanup_done,
+            self._hooks.cleanup_done,
             CleanupReport(jobs_deleted=jobs, checkpoints_deleted=checkpoints, cutoffs=cutoffs),
         )
         return jobs
@@ -326,29 +319,28 @@ class JobPersistence(abc.ABC):
         """
         now = self._now() if now is None else v.to_utc(now, "now")
         if retention is None:
-            retention = self.settings.retention
+            retention = self._settings.retention
         elif not isinstance(retention, timedelta) or retention < timedelta(0):
             raise ValidationError("retention must be a non-negative timedelta", field="retention")
         if not isinstance(dry_run, bool):
             raise ValidationError("dry_run must be a bool", field="dry_run")
-        policy = self.hooks.cleanup_policy(retention)
+        policy = self._hooks.cleanup_policy(retention)
         cutoffs = policy.cutoffs(now)
         jobs, checkpoints = (0, 0)
         if cutoffs:
-            jobs, checkpoints = self._delete_finished(
-                cutoffs, batch_size=policy.batch_size, dry_run=dry_run
-            )
+            jobs, checkpoints = self._delete_expired(cutoffs, policy.batch_size, dry_run=dry_run)
         report = CleanupReport(
             jobs_deleted=jobs, checkpoints_deleted=checkpoints, cutoffs=cutoffs, dry_run=dry_run
         )
-        self._emit(self.hooks.cleanup_done, report)
+        self._emit(self._hooks.cleanup_done, report)
         return report
 
     def save_checkpoint(self, job_id: str, phase: str, data: Mapping[str, Any]) -> bool:
         """Store the checkpoint of one phase of a job, replacing that phase's previous one.
 
         The checkpoint policy hook may skip the write (throttling); a skipped
-        write keeps the previous checkpoint and returns ``True`` if the job exists.
+        write keeps the previous checkpoint, fires ``cidx_jobs_checkpoint_skipped``
+        and returns ``True`` if the job exists.
 
         :returns: ``False`` if the job does not exist.
         :raises ValidationError: an argument is invalid, or ``data`` is not a
@@ -357,21 +349,24 @@ class JobPersistence(abc.ABC):
         job_id = v.check_id(job_id, "job_id")
         phase = v.check_id(phase, "phase")
         data, data_json = v.encode_json_object(data, "data")
-        v.check_size(data_json, self.settings.max_metadata_bytes, "data")
+        v.check_size(data_json, self._settings.max_metadata_bytes, "data")
         now = self._now()
         # The default policy writes every checkpoint and never reads when the last one was
         # written: with it alone, skip the policy call and the memory it would read.
-        policy = not self.hooks.checkpoint_policy_is_default()
-        if policy and not self.hooks.checkpoint_should_write(
+        policy = not self._hooks.checkpoint_policy_is_default()
+        if policy and not self._hooks.checkpoint_policy(
             job_id, phase, data, self._checkpoint_times.get((job_id, phase)), now
         ):
             # A read is far cheaper than the write the policy saved.
-            return self._get_job(job_id) is not None
+            if self._storage.get_job(job_id) is None:
+                return False
+            self._emit(self._hooks.checkpoint_skipped, job_id, phase, now)
+            return True
         checkpoint = Checkpoint.from_trusted(job_id=job_id, phase=phase, data=data, created_at=now)
-        if not self._upsert_checkpoint(checkpoint, data_json):
+        if not self._storage.upsert_checkpoint(checkpoint, data_json):
             return False
         # Deferred like an event: a rolled-back write must not count for throttling.
-        self._emit(self._checkpoint_written if policy else self.hooks.checkpoint_saved, checkpoint)
+        self._emit(self._checkpoint_written if policy else self._hooks.checkpoint_saved, checkpoint)
         return True
 
     def _checkpoint_written(self, checkpoint: Checkpoint) -> None:
@@ -380,21 +375,23 @@ class JobPersistence(abc.ABC):
             if len(self._checkpoint_times) >= _CHECKPOINT_MEMORY:
                 self._checkpoint_times.clear()
             self._checkpoint_times[(checkpoint.job_id, checkpoint.phase)] = checkpoint.created_at
-        self.hooks.checkpoint_saved(checkpoint)
+        self._hooks.checkpoint_saved(checkpoint)
 
     def load_checkpoint(self, job_id: str, phase: str) -> dict[str, Any] | None:
         """The data of the checkpoint of this job and phase, or ``None``.
 
         :raises ValidationError: an id or the phase is invalid.
         """
-        return self._get_checkpoint_data(v.check_id(job_id, "job_id"), v.check_id(phase, "phase"))
+        return self._storage.get_checkpoint_data(
+            v.check_id(job_id, "job_id"), v.check_id(phase, "phase")
+        )
 
     def list_checkpoints(self, job_id: str) -> list[Checkpoint]:
         """Every checkpoint of a job, oldest first (one per phase); empty for an unknown job.
 
         :raises ValidationError: ``job_id`` is invalid.
         """
-        return self._get_checkpoints(v.check_id(job_id, "job_id"))
+        return self._storage.get_checkpoints(v.check_id(job_id, "job_id"))
 
     def resume_point(self, job_id: str) -> Checkpoint | None:
         """The checkpoint to resume this job from, as the resume policy hook chooses.
@@ -409,8 +406,11 @@ class JobPersistence(abc.ABC):
         job = self.load_job(job_id)
         if job is None:
             raise JobNotFoundError(job_id)
-        return self.hooks.resume_checkpoint(
-            job, self._get_checkpoints(job.id), self._now(), self.settings.checkpoint_max_age
+        return self._hooks.resume_policy(
+            job,
+            self._storage.get_checkpoints(job.id),
+            self._now(),
+            self._settings.checkpoint_max_age,
         )
 
     def heartbeat(self) -> int:
@@ -419,7 +419,7 @@ class JobPersistence(abc.ABC):
         Call it more often than the ``lease_timeout`` that
         :meth:`recover_interrupted_jobs` uses, e.g. from the worker's progress loop.
         """
-        return self._renew_leases(self.owner_id, self._now())
+        return self._storage.renew_leases(self.owner_id, self._now())
 
     def recover_interrupted_jobs(self, lease_timeout: timedelta | None = None) -> RecoveryReport:
         """Take over the jobs of owners whose lease expired; call it at server start.
@@ -432,7 +432,7 @@ class JobPersistence(abc.ABC):
         owner and heartbeat, so the jobs of a live sibling process (which keeps
         heartbeating) are never touched, and when several processes recover at
         once each job goes to exactly one of them. This store's own jobs are
-        never taken.
+        never taken. Fires ``cidx_jobs_recovery_done`` with the report.
 
         :param lease_timeout: how long an owner may stay silent; default the
             store's ``lease_timeout`` setting (option ``lease_timeout_seconds``, 300 s).
@@ -440,19 +440,20 @@ class JobPersistence(abc.ABC):
         :raises PluginError: a resume policy returned something invalid.
         """
         if lease_timeout is None:
-            lease_timeout = self.settings.lease_timeout
+            lease_timeout = self._settings.lease_timeout
         elif not isinstance(lease_timeout, timedelta) or lease_timeout <= timedelta(0):
             raise ValidationError(
                 "lease_timeout must be a positive timedelta", field="lease_timeout"
             )
         now = self._now()
+        stale_before = _before(now, lease_timeout)
         interrupted: list[ResumePoint] = []
         requeue: list[SyncJob] = []
         seen: set[str] = set()
         while True:
             stale = [
                 job
-                for job in self._find_stale(now - lease_timeout, self.owner_id, _RECOVERY_BATCH)
+                for job in self._storage.find_stale(stale_before, self.owner_id, _RECOVERY_BATCH)
                 if job.id not in seen
             ]
             if not stale:
@@ -460,19 +461,19 @@ class JobPersistence(abc.ABC):
             for job in stale:
                 seen.add(job.id)
                 if job.status is JobStatus.RUNNING:
-                    if self._take_over(job, JobStatus.INTERRUPTED, self.owner_id, now):
+                    if self._storage.take_over(job, JobStatus.INTERRUPTED, self.owner_id, now):
                         self._emit(
-                            self.hooks.status_changed, job.id, JobStatus.INTERRUPTED, None, now
+                            self._hooks.status_changed, job.id, JobStatus.INTERRUPTED, None, now
                         )
                         taken = _with_lease(job, self.owner_id, now, JobStatus.INTERRUPTED)
-                        checkpoint = self.hooks.resume_checkpoint(
+                        checkpoint = self._hooks.resume_policy(
                             taken,
-                            self._get_checkpoints(job.id),
+                            self._storage.get_checkpoints(job.id),
                             now,
-                            self.settings.checkpoint_max_age,
+                            self._settings.checkpoint_max_age,
                         )
                         interrupted.append(ResumePoint(job=taken, checkpoint=checkpoint))
-                elif self._take_over(job, job.status, self.owner_id, now):
+                elif self._storage.take_over(job, job.status, self.owner_id, now):
                     requeue.append(_with_lease(job, self.owner_id, now))
         if interrupted or requeue:
             logger.warning(
@@ -480,7 +481,9 @@ class JobPersistence(abc.ABC):
                 len(interrupted),
                 len(requeue),
             )
-        return RecoveryReport(interrupted=interrupted, requeue=requeue)
+        report = RecoveryReport(interrupted=interrupted, requeue=requeue)
+        self._emit(self._hooks.recovery_done, report)
+        return report
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -499,7 +502,7 @@ class JobPersistence(abc.ABC):
             return
         local.pending = []
         try:
-            with self._begin():
+            with self._storage.transaction():
                 yield
         except BaseException:
             local.pending = None
@@ -510,7 +513,7 @@ class JobPersistence(abc.ABC):
 
     def close(self) -> None:
         """Release the store's resources; later calls raise StorageUnavailableError. Idempotent."""
-        self._close()
+        self._storage.close()
 
     def __enter__(self) -> JobPersistence:
         return self
@@ -526,7 +529,7 @@ class JobPersistence(abc.ABC):
     # -- helpers -----------------------------------------------------------------------
 
     def _now(self) -> datetime:
-        return self.settings.clock()
+        return self._settings.clock()
 
     def _check_filter(self, filter: JobFilter | None) -> JobFilter:
         if filter is None:
@@ -537,99 +540,24 @@ class JobPersistence(abc.ABC):
             )
         return filter
 
+    def _delete_expired(
+        self, cutoffs: Mapping[JobStatus, datetime], batch_size: int, *, dry_run: bool
+    ) -> tuple[int, int]:
+        if dry_run:
+            return self._storage.count_expired(cutoffs)
+        # The loop lives here, not in each backend, so that every backend cleans up in
+        # bounded batches and none can stop after the first.
+        jobs = checkpoints = 0
+        while True:
+            batch_jobs, batch_checkpoints = self._storage.delete_expired(cutoffs, batch_size)
+            if not batch_jobs:
+                return jobs, checkpoints
+            jobs += batch_jobs
+            checkpoints += batch_checkpoints
+
     def _emit(self, notify: Callable[..., None], *args: Any) -> None:
         pending = self._local.pending
         if pending is not None:
             pending.append((notify, args))
         else:
             notify(*args)
-
-    # -- the storage primitives a backend implements -------------------------------------
-    # Inputs are validated already; each call is atomic on its own, and joins the
-    # current transaction when made inside _begin() on the same thread.
-
-    @abc.abstractmethod
-    def _insert_job(self, job: SyncJob, metadata_json: str) -> None:
-        """Insert a new job (``metadata_json`` is its metadata, encoded).
-
-        :raises DuplicateJobError: the id exists; nothing changed.
-        """
-
-    @abc.abstractmethod
-    def _get_job(self, job_id: str) -> SyncJob | None:
-        """The stored job, or ``None``."""
-
-    @abc.abstractmethod
-    def _set_status(self, job_id: str, change: StatusChange) -> bool:
-        """Apply ``change`` atomically following :class:`StatusChange`'s rules; ``False`` if
-        the job is unknown or the change does not apply."""
-
-    @abc.abstractmethod
-    def _set_progress(self, job_id: str, progress: int, phase: str | None) -> bool:
-        """Set progress and, unless ``phase`` is ``None``, the phase; ``False`` if unknown."""
-
-    @abc.abstractmethod
-    def _select_jobs(
-        self, filter: JobFilter, after: tuple[datetime, str] | None, limit: int
-    ) -> list[SyncJob]:
-        """At most ``limit`` jobs matching ``filter``, ordered ``created_at DESC, id DESC``,
-        skipping ``filter.offset`` jobs, and (keyset) only those after ``after``."""
-
-    @abc.abstractmethod
-    def _count_jobs(self, filter: JobFilter) -> int:
-        """How many jobs match ``filter``'s criteria."""
-
-    @abc.abstractmethod
-    def _delete_finished(
-        self, cutoffs: Mapping[JobStatus, datetime], *, batch_size: int, dry_run: bool
-    ) -> tuple[int, int]:
-        """Delete (or with ``dry_run`` count) each job whose status is a key of ``cutoffs``
-        and whose ``coalesce(completed_at, created_at)`` is before that status's cutoff,
-        with its checkpoints, at most ``batch_size`` jobs per transaction.
-
-        :returns: (jobs, checkpoints) deleted.
-        """
-
-    @abc.abstractmethod
-    def _upsert_checkpoint(self, checkpoint: Checkpoint, data_json: str) -> bool:
-        """Insert or replace the checkpoint of ``(job_id, phase)``; ``False`` if the job is unknown."""
-
-    @abc.abstractmethod
-    def _get_checkpoint(self, job_id: str, phase: str) -> Checkpoint | None:
-        """The checkpoint of this job and phase, or ``None``."""
-
-    def _get_checkpoint_data(self, job_id: str, phase: str) -> dict[str, Any] | None:
-        """The data of the checkpoint of this job and phase, or ``None``.
-
-        Optional: the default reads the whole checkpoint with :meth:`_get_checkpoint`.
-        A backend that can read the data alone for less overrides it.
-        """
-        checkpoint = self._get_checkpoint(job_id, phase)
-        return None if checkpoint is None else checkpoint.data
-
-    @abc.abstractmethod
-    def _get_checkpoints(self, job_id: str) -> list[Checkpoint]:
-        """The job's checkpoints ordered by ``created_at``, then phase."""
-
-    @abc.abstractmethod
-    def _renew_leases(self, owner: str, now: datetime) -> int:
-        """Set ``heartbeat_at = now`` on every active job of ``owner``; returns how many."""
-
-    @abc.abstractmethod
-    def _find_stale(self, before: datetime, exclude_owner: str, limit: int) -> list[SyncJob]:
-        """At most ``limit`` active jobs whose owner is not ``exclude_owner`` and whose
-        ``heartbeat_at`` is ``None`` or before ``before``."""
-
-    @abc.abstractmethod
-    def _take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
-        """Atomically, if the stored job still has ``job``'s status, ``owner_id`` and
-        ``heartbeat_at``, set its status, ``owner_id = owner`` and ``heartbeat_at = now``;
-        ``False`` if anything changed meanwhile (another recoverer won)."""
-
-    @abc.abstractmethod
-    def _begin(self) -> AbstractContextManager[None]:
-        """A transaction for the calling thread: commit on a clean exit, roll back on an exception."""
-
-    @abc.abstractmethod
-    def _close(self) -> None:
-        """Release resources; idempotent."""

@@ -6,32 +6,108 @@ import importlib.metadata
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 
 from . import _defaults, hookspecs
-from ._models import Checkpoint, CleanupPolicy, CleanupReport, JobStatus, SyncJob
+from ._models import (
+    Checkpoint,
+    CleanupPolicy,
+    CleanupReport,
+    JobStatus,
+    RecoveryReport,
+    SyncJob,
+)
+from .backend import Backend, BackendFactory, Capability, ScratchFactory
 from .errors import PluginError
-
-if TYPE_CHECKING:
-    from ._config import BackendConfig
-    from ._persistence import JobPersistence
 
 logger = logging.getLogger("cidx_jobs")
 
+#: The entry-point group plugins register under, e.g. ``[project.entry-points.cidx_jobs]``.
 ENTRY_POINT_GROUP = "cidx_jobs"
 #: Comma-separated plugin names (entry-point names) that are not loaded.
 BLOCK_ENV_VAR = "CIDX_JOBS_BLOCK_PLUGINS"
 
-BackendFactory = Callable[["BackendConfig"], "JobPersistence"]
+#: Hooks the facade calls one implementation at a time (so that one observer's failure
+#: cannot stop the others, and a clash can name both plugins). pluggy's wrappers cannot
+#: wrap such calls, so implementing one of these as a wrapper is refused.
+DIRECT_HOOKS = (
+    "cidx_jobs_register_backends",
+    "cidx_jobs_job_saved",
+    "cidx_jobs_status_changed",
+    "cidx_jobs_checkpoint_saved",
+    "cidx_jobs_checkpoint_skipped",
+    "cidx_jobs_cleanup_done",
+    "cidx_jobs_recovery_done",
+)
+#: Hooks renamed in 0.2, for the message that a plugin implements one of the old names.
+RENAMED_HOOKS = {
+    "cidx_jobs_checkpoint_should_write": "cidx_jobs_checkpoint_policy",
+    "cidx_jobs_resume_checkpoint": "cidx_jobs_resume_policy",
+}
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager for the ``cidx_jobs`` hooks, as :func:`get_plugin_manager` builds it.
+
+    It refuses a wrapper implementation of a hook the facade calls itself (the
+    event hooks and ``cidx_jobs_register_backends``), records the distribution of each plugin loaded from
+    an entry point, and counts changes, so that :class:`Hooks` recomputes what it
+    derives from the registered plugins only after a register or unregister.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT_NAME)
+        #: Bumped on every register and unregister.
+        self.generation = 0
+        #: The distribution of each plugin loaded from an entry point, by plugin name.
+        self.distributions: dict[str, importlib.metadata.Distribution] = {}
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        """Register ``plugin`` (pluggy's ``register``).
+
+        :raises PluginError: it implements an event hook or
+            ``cidx_jobs_register_backends`` as a wrapper; it is not registered.
+        :raises ValueError: pluggy refused it (e.g. the name is taken).
+        """
+        registered = super().register(plugin, name)
+        self.generation += 1
+        if registered is not None:
+            for hook_name in DIRECT_HOOKS:
+                caller = getattr(self.hook, hook_name, None)
+                if caller is None:
+                    continue
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper):
+                        self.unregister(plugin)
+                        raise PluginError(
+                            f"plugin {registered!r} implements {hook_name} as a wrapper; "
+                            "cidx-jobs calls this hook's implementations one at a time, "
+                            "so it cannot be wrapped: implement it as a plain hook"
+                        )
+        return registered
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any | None:
+        """Unregister a plugin (pluggy's ``unregister``)."""
+        removed = super().unregister(plugin, name)
+        self.generation += 1
+        self.distributions.pop(name or "", None)
+        return removed
+
+    def version_of(self, name: str) -> str | None:
+        """``"distribution version"`` of the plugin ``name``, if it came from an entry point."""
+        dist = self.distributions.get(name)
+        if dist is None:
+            return None
+        return f"{dist.metadata['Name']} {dist.version}"
 
 
 def get_plugin_manager(
     *, load_entrypoints: bool = True, blocked: tuple[str, ...] | None = None
-) -> pluggy.PluginManager:
+) -> PluginManager:
     """Build a plugin manager with the hookspecs, the defaults and the installed plugins.
 
     Plugins come from the ``cidx_jobs`` entry-point group; each is registered
@@ -40,28 +116,41 @@ def get_plugin_manager(
     loaded; blocking ``cidx_jobs.defaults`` removes the default policies, so
     another plugin must provide them.
 
-    :raises PluginError: a plugin fails to import, or implements a hook that
-        does not exist (usually a misspelled ``cidx_jobs_*`` name).
+    :raises PluginError: a plugin fails to import, implements a hook that does
+        not exist (usually a misspelled or renamed ``cidx_jobs_*`` name), or
+        wraps a hook that cannot be wrapped.
     """
     if blocked is None:
         blocked = tuple(
             n.strip() for n in os.environ.get(BLOCK_ENV_VAR, "").split(",") if n.strip()
         )
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm = PluginManager()
     pm.add_hookspecs(hookspecs)
     for name in blocked:
         pm.set_blocked(name)
     pm.register(_defaults, name=_defaults.DEFAULTS_PLUGIN_NAME)
     if load_entrypoints:
         _load_entrypoints(pm)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as error:
-        raise PluginError(f"a cidx_jobs plugin is invalid: {error}") from error
+    check_plugins(pm)
     return pm
 
 
-def _load_entrypoints(pm: pluggy.PluginManager) -> None:
+def check_plugins(pm: pluggy.PluginManager) -> None:
+    """Refuse implementations of hooks that do not exist.
+
+    :raises PluginError: one exists; the message names it, and the new name of
+        a renamed hook.
+    """
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as error:
+        hint = "".join(
+            f"; {old} was renamed {new}" for old, new in RENAMED_HOOKS.items() if old in str(error)
+        )
+        raise PluginError(f"a cidx_jobs plugin is invalid: {error}{hint}") from error
+
+
+def _load_entrypoints(pm: PluginManager) -> None:
     # pluggy's own loader lets an import error escape without saying which
     # plugin broke; an operator needs the name to uninstall or block it.
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -77,64 +166,118 @@ def _load_entrypoints(pm: pluggy.PluginManager) -> None:
             ) from error
         try:
             pm.register(plugin, name=name)
-        except (pluggy.PluginValidationError, ValueError) as error:
+        except (pluggy.PluginValidationError, ValueError, PluginError) as error:
             raise PluginError(
                 f"the cidx_jobs plugin {name!r} ({entry_point.value}) is invalid: {error}; "
                 f"fix or uninstall it, or block it with {BLOCK_ENV_VAR}={name}"
             ) from error
+        dist = getattr(entry_point, "dist", None)
+        if dist is not None:
+            pm.distributions[name] = dist
 
 
-#: The arguments of each event hook in the order of its specification: the facade passes
-#: them positionally to an observer that takes all of them, by name to one that takes some.
-EVENT_ARGS: dict[str, tuple[str, ...]] = {
-    "cidx_jobs_job_saved": ("job",),
-    "cidx_jobs_status_changed": ("job_id", "status", "error_message", "changed_at"),
-    "cidx_jobs_checkpoint_saved": ("checkpoint",),
-    "cidx_jobs_cleanup_done": ("report",),
-}
+# One observer, ready to call: its function, how to pick its arguments from the spec's
+# (None: it takes all of them, in order), and its plugin's name for the log.
+_Observer = tuple[Callable[..., object], tuple[int, ...] | None, str]
 
 
 class Hooks:
     """The typed facade through which the library calls its hooks.
 
     Core code calls these methods rather than ``pm.hook.*`` so that every call
-    site is typed and observer failures are handled in one place.
+    site is typed and observer failures are handled in one place. Policies are
+    called through pluggy (``firstresult``, wrappers included); observers and
+    backend providers one implementation at a time, in pluggy's order (last
+    registered first, ``tryfirst`` before and ``trylast`` after the rest), with
+    the arguments their hook specification names.
+
+    :raises PluginError: (from the constructor) ``pm`` was not built by
+        :func:`get_plugin_manager`.
     """
 
-    def __init__(self, pm: pluggy.PluginManager | None = None) -> None:
-        self.pm = pm if pm is not None else get_plugin_manager()
+    def __init__(self, pm: PluginManager | None = None) -> None:
+        if pm is None:
+            pm = get_plugin_manager()
+        elif not isinstance(pm, PluginManager):
+            raise PluginError(
+                f"Hooks() needs the plugin manager of cidx_jobs.get_plugin_manager(), "
+                f"got {type(pm).__name__}"
+            )
+        self.pm = pm
+        self._generation = -1
+        self._observers: dict[str, tuple[_Observer, ...]] = {}
+        self._backends: dict[str, Backend] | None = None
+        self._checkpoint_default = True
+
+    def _current(self) -> None:
+        if self._generation != self.pm.generation:
+            self._observers = {}
+            self._backends = None
+            impls = self.pm.hook.cidx_jobs_checkpoint_policy.get_hookimpls()
+            self._checkpoint_default = (
+                len(impls) == 1 and impls[0].function is _defaults.cidx_jobs_checkpoint_policy
+            )
+            self._generation = self.pm.generation
 
     # -- providers -----------------------------------------------------------------
 
-    def backends(self) -> dict[str, BackendFactory]:
+    def backends(self) -> dict[str, Backend]:
         """Every registered backend by name.
 
         :raises PluginError: two plugins registered the same name, or a
             registration is malformed.
         """
-        found: dict[str, tuple[str, BackendFactory]] = {}
+        self._current()
+        if self._backends is None:
+            self._backends = self._collect_backends()
+        return dict(self._backends)
+
+    def _collect_backends(self) -> dict[str, Backend]:
+        found: dict[str, Backend] = {}
         caller = self.pm.hook.cidx_jobs_register_backends
-        # Call each plugin on its own so that a clash can name both plugins,
-        # whatever order they were loaded in.
-        for impl in caller.get_hookimpls():
+        # Each plugin is called on its own, so that a clash can name both plugins.
+        for impl in reversed(caller.get_hookimpls()):
             plugin_name = impl.plugin_name
 
-            def register(name: str, factory: BackendFactory, _plugin: str = plugin_name) -> None:
+            def register(
+                name: str,
+                factory: BackendFactory,
+                *,
+                capabilities: Iterable[Capability | str] = (),
+                scratch: ScratchFactory | None = None,
+                _plugin: str = plugin_name,
+            ) -> None:
                 if not isinstance(name, str) or not name or not callable(factory):
                     raise PluginError(
                         f"plugin {_plugin!r} called register({name!r}, {factory!r}); "
                         "expected a non-empty name and a callable factory"
                     )
+                if scratch is not None and not callable(scratch):
+                    raise PluginError(
+                        f"plugin {_plugin!r} registered backend {name!r} with scratch="
+                        f"{scratch!r}; expected a callable or None"
+                    )
+                if isinstance(capabilities, str):
+                    capabilities = (capabilities,)
+                declared = Capability.parse_all(
+                    capabilities, f"plugin {_plugin!r} (backend {name!r})"
+                )
                 if name in found:
                     raise PluginError(
-                        f"backend {name!r} is registered by both plugin {found[name][0]!r} "
+                        f"backend {name!r} is registered by both plugin {found[name].plugin!r} "
                         f"and plugin {_plugin!r}; uninstall or block one of them "
                         f"(set {BLOCK_ENV_VAR}={_plugin})"
                     )
-                found[name] = (_plugin, factory)
+                found[name] = Backend(
+                    name=name,
+                    plugin=_plugin,
+                    factory=factory,
+                    capabilities=declared,
+                    scratch=scratch,
+                )
 
             impl.function(register)
-        return {name: factory for name, (_, factory) in found.items()}
+        return found
 
     # -- policies ------------------------------------------------------------------
 
@@ -151,7 +294,7 @@ class Hooks:
             )
         return policy
 
-    def checkpoint_should_write(
+    def checkpoint_policy(
         self,
         job_id: str,
         phase: str,
@@ -160,35 +303,37 @@ class Hooks:
         now: datetime,
     ) -> bool:
         """Whether the checkpoint policy wants this checkpoint written (default: yes)."""
-        answer = self.pm.hook.cidx_jobs_checkpoint_should_write(
+        answer = self.pm.hook.cidx_jobs_checkpoint_policy(
             job_id=job_id, phase=phase, data=data, last_written_at=last_written_at, now=now
         )
         return answer is not False
 
     def checkpoint_policy_is_default(self) -> bool:
         """Whether the default policy, which writes every checkpoint, is the only checkpoint
-        policy (then :meth:`checkpoint_should_write` is always ``True``).
+        policy (then :meth:`checkpoint_policy` is always ``True``).
 
-        Checked on every call, so a policy registered later takes effect at once.
+        A flag recomputed after each register and unregister, so a policy
+        registered later takes effect at once.
         """
-        impls = self.pm.hook.cidx_jobs_checkpoint_should_write.get_hookimpls()
-        return len(impls) == 1 and impls[0].function is _defaults.cidx_jobs_checkpoint_should_write
+        if self._generation != self.pm.generation:
+            self._current()
+        return self._checkpoint_default
 
-    def resume_checkpoint(
+    def resume_policy(
         self, job: SyncJob, checkpoints: Sequence[Checkpoint], now: datetime, max_age: timedelta
     ) -> Checkpoint | None:
         """The checkpoint ``job`` resumes from, or ``None`` to start over.
 
         :raises PluginError: a plugin returned something that is not one of ``checkpoints``.
         """
-        choice = self.pm.hook.cidx_jobs_resume_checkpoint(
+        choice = self.pm.hook.cidx_jobs_resume_policy(
             job=job, checkpoints=checkpoints, now=now, max_age=max_age
         )
         if choice is None or choice is False:
             return None
         if not isinstance(choice, Checkpoint) or choice not in checkpoints:
             raise PluginError(
-                f"cidx_jobs_resume_checkpoint returned {choice!r}; expected one of the "
+                f"cidx_jobs_resume_policy returned {choice!r}; expected one of the "
                 "job's checkpoints, False or None"
             )
         return choice
@@ -196,33 +341,65 @@ class Hooks:
     # -- events --------------------------------------------------------------------
 
     def job_saved(self, job: SyncJob) -> None:
+        """Tell the ``cidx_jobs_job_saved`` observers."""
         self._notify("cidx_jobs_job_saved", (job,))
 
     def status_changed(
         self, job_id: str, status: JobStatus, error_message: str | None, changed_at: datetime
     ) -> None:
+        """Tell the ``cidx_jobs_status_changed`` observers."""
         self._notify("cidx_jobs_status_changed", (job_id, status, error_message, changed_at))
 
     def checkpoint_saved(self, checkpoint: Checkpoint) -> None:
+        """Tell the ``cidx_jobs_checkpoint_saved`` observers."""
         self._notify("cidx_jobs_checkpoint_saved", (checkpoint,))
 
+    def checkpoint_skipped(self, job_id: str, phase: str, skipped_at: datetime) -> None:
+        """Tell the ``cidx_jobs_checkpoint_skipped`` observers."""
+        self._notify("cidx_jobs_checkpoint_skipped", (job_id, phase, skipped_at))
+
     def cleanup_done(self, report: CleanupReport) -> None:
+        """Tell the ``cidx_jobs_cleanup_done`` observers."""
         self._notify("cidx_jobs_cleanup_done", (report,))
+
+    def recovery_done(self, report: RecoveryReport) -> None:
+        """Tell the ``cidx_jobs_recovery_done`` observers."""
+        self._notify("cidx_jobs_recovery_done", (report,))
+
+    def _observers_of(self, hook_name: str) -> tuple[_Observer, ...]:
+        # The observers of an event hook in pluggy's call order, ready to call.
+        self._current()
+        found = self._observers.get(hook_name)
+        if found is None:
+            caller = getattr(self.pm.hook, hook_name)
+            spec = caller.spec
+            names = tuple(spec.argnames) if spec is not None else ()
+            observers: list[_Observer] = []
+            # pluggy runs implementations last-registered first (tryfirst ones first,
+            # trylast ones last): get_hookimpls() lists them in the reverse of that.
+            for impl in reversed(caller.get_hookimpls()):
+                picks = (
+                    None
+                    if tuple(impl.argnames) == names
+                    else tuple(names.index(name) for name in impl.argnames)
+                )
+                observers.append((impl.function, picks, impl.plugin_name))
+            found = self._observers[hook_name] = tuple(observers)
+        return found
 
     def _notify(self, hook_name: str, args: tuple[Any, ...]) -> None:
         # Each observer is called on its own: one that raises is logged and the
         # others still run; the write they observe has already happened.
-        names = EVENT_ARGS[hook_name]
-        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+        for function, picks, plugin_name in self._observers_of(hook_name):
             try:
-                if impl.argnames == names:
-                    impl.function(*args)
-                else:  # the observer takes some of the arguments
-                    impl.function(*(args[names.index(name)] for name in impl.argnames))
+                if picks is None:
+                    function(*args)
+                else:
+                    function(*(args[index] for index in picks))
             except Exception:
                 logger.error(
                     "observer %s of %s raised; the change itself was stored",
-                    impl.plugin_name,
+                    plugin_name,
                     hook_name,
                     exc_info=sys.exc_info(),
                 )

@@ -17,11 +17,14 @@ __all__ = [
     "JobNotFoundError",
     "PluginError",
     "SchemaVersionError",
+    "StorageBusyError",
     "StorageCorruptError",
     "StorageError",
     "StorageFullError",
+    "StorageOutcomeUnknownError",
     "StoragePermissionError",
     "StorageUnavailableError",
+    "UnsupportedOperationError",
     "ValidationError",
 ]
 
@@ -93,7 +96,8 @@ class PluginError(CidxJobsError):
 
 
 class StorageError(CidxJobsError):
-    """The storage behind a backend failed; the failed call wrote nothing.
+    """The storage behind a backend failed; the failed call wrote nothing, unless the error
+    is a :class:`StorageOutcomeUnknownError`.
 
     Backends raise one of the subclasses where the cause is known, and this
     class itself for any other driver failure (with the driver's exception
@@ -102,7 +106,8 @@ class StorageError(CidxJobsError):
 
 
 class StoragePermissionError(StorageError, PermissionError):
-    """The process lacks a permission on the database file or its folder."""
+    """The storage refused access: this process lacks a permission on the database file or its
+    folder, the file system is read-only, or a database server denied the role."""
 
 
 class StorageFullError(StorageError):
@@ -110,15 +115,46 @@ class StorageFullError(StorageError):
 
 
 class StorageCorruptError(StorageError):
-    """The database file is damaged and automatic recovery is off or failed."""
+    """The stored data is damaged (a corrupt database file, or a server reporting damaged
+    data) and automatic recovery is off, failed or does not apply."""
 
 
 class StorageUnavailableError(StorageError):
-    """The storage went away (file removed, I/O error, connection lost).
+    """The storage went away (file removed, I/O error, connection lost), or the store is closed.
 
-    The call wrote nothing; later calls try to reconnect.
+    The call wrote nothing; later calls try to reconnect (except on a closed store).
+    """
+
+
+class StorageBusyError(StorageUnavailableError):
+    """A lock wait timed out, or the storage chose this call as a deadlock victim.
+
+    The call wrote nothing (a transaction block it was part of was rolled back
+    as a whole); retrying later is safe.
+    """
+
+
+class StorageOutcomeUnknownError(StorageError):
+    """The connection was lost while a commit was in flight: the write may or may not be stored.
+
+    This is the one storage failure after which "nothing was written" does not
+    hold. Read the job back (e.g. ``load_job``) before deciding whether to
+    repeat the call; never repeat a non-idempotent write blindly.
     """
 
 
 class SchemaVersionError(StorageError):
     """The database was written by a newer release whose schema this one cannot read."""
+
+
+class UnsupportedOperationError(CidxJobsError, NotImplementedError):
+    """The backend does not offer this operation (an optional operator method of
+    :class:`~cidx_jobs.backend.Storage`, such as ``backup()`` or ``check_health()``).
+
+    Nothing was done. The message says what to use instead where there is something (for
+    a database server, its own backup tool). ``operation`` names the method.
+    """
+
+    def __init__(self, message: str, *, operation: str | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation

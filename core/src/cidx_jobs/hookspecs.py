@@ -8,8 +8,15 @@ Three kinds of hook, all named ``cidx_jobs_*``:
   hooks: the first implementation that returns something other than ``None``
   wins, and the defaults are registered ``trylast`` so any plugin overrides them.
 * **Events** observe a change after it happened (after the commit, when inside
-  :meth:`~cidx_jobs.JobPersistence.transaction`). An observer that raises is
-  logged on the ``cidx_jobs`` logger; the write it observes is never lost.
+  :meth:`~cidx_jobs.JobPersistence.transaction`). Observers run in pluggy's
+  order (last registered first; ``tryfirst`` first, ``trylast`` last), each on
+  its own: one that raises is logged on the ``cidx_jobs`` logger, the others
+  still run, and the write it observes is never lost. Event hooks (and the
+  provider hook) cannot be implemented as wrappers: registering one raises
+  :class:`~cidx_jobs.errors.PluginError`.
+
+Policy hooks are named ``cidx_jobs_<topic>_policy``; event hooks
+``cidx_jobs_<thing>_<past participle>``.
 
 An implementation may accept fewer arguments than the spec names; specs can
 grow new arguments without breaking plugins.
@@ -17,37 +24,50 @@ grow new arguments without breaking plugins.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import pluggy
 
 if TYPE_CHECKING:
-    from ._config import BackendConfig
-    from ._models import Checkpoint, CleanupPolicy, CleanupReport, JobStatus, SyncJob
-    from ._persistence import JobPersistence
+    from ._models import (
+        Checkpoint,
+        CleanupPolicy,
+        CleanupReport,
+        JobStatus,
+        RecoveryReport,
+        SyncJob,
+    )
+    from .backend import RegisterBackend
 
+#: pluggy's project name for the hooks: every hook is named ``cidx_jobs_*``.
 PROJECT_NAME = "cidx_jobs"
 
+#: Marks a function of this module as a hook specification (for cidx-jobs itself).
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+#: Marks a plugin's function as an implementation of a ``cidx_jobs_*`` hook:
+#: ``@hookimpl``, or ``@hookimpl(tryfirst=True)``, ``trylast``, ``wrapper`` (policy hooks only).
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
-
-#: The callable a backend provider is handed: ``register(name, factory)``.
-RegisterBackend = Callable[[str, "Callable[[BackendConfig], JobPersistence]"], None]
 
 
 @hookspec
 def cidx_jobs_register_backends(register: RegisterBackend) -> None:
     """Register the backends this plugin provides.
 
-    Call ``register(name, factory)`` once per backend. ``name`` is the URL
-    scheme that selects it (``sqlite`` for ``sqlite:///jobs.db``) and
-    ``factory(config)`` receives a :class:`~cidx_jobs.BackendConfig` and returns
-    a :class:`~cidx_jobs.JobPersistence`.
+    Call ``register(name, factory, capabilities=..., scratch=...)`` once per
+    backend. ``name`` is the URL scheme that selects it (``sqlite`` for
+    ``sqlite:///jobs.db``); ``factory(config)`` receives a
+    :class:`~cidx_jobs.backend.BackendConfig` and returns a
+    :class:`~cidx_jobs.backend.Storage`; ``capabilities`` lists the
+    :class:`~cidx_jobs.backend.Capability` flags the backend has; ``scratch``
+    makes an isolated storage for one test (see
+    :data:`~cidx_jobs.backend.ScratchFactory`). This hook cannot be
+    implemented as a wrapper.
 
-    :param register: the registration callback.
-    :raises PluginError: (from ``register``) another plugin registered ``name`` already.
+    :param register: the registration callback (:class:`~cidx_jobs.backend.RegisterBackend`).
+    :raises PluginError: (from ``register``) another plugin registered ``name``
+        already, or an argument is malformed.
     """
 
 
@@ -66,7 +86,7 @@ def cidx_jobs_cleanup_policy(retention: timedelta) -> CleanupPolicy | None:
 
 
 @hookspec(firstresult=True)
-def cidx_jobs_checkpoint_should_write(
+def cidx_jobs_checkpoint_policy(
     job_id: str,
     phase: str,
     data: Mapping[str, Any],
@@ -90,7 +110,7 @@ def cidx_jobs_checkpoint_should_write(
 
 
 @hookspec(firstresult=True)
-def cidx_jobs_resume_checkpoint(
+def cidx_jobs_resume_policy(
     job: SyncJob, checkpoints: Sequence[Checkpoint], now: datetime, max_age: timedelta
 ) -> Checkpoint | Literal[False] | None:
     """Choose the checkpoint an interrupted job resumes from.
@@ -130,9 +150,30 @@ def cidx_jobs_status_changed(
 
 @hookspec
 def cidx_jobs_checkpoint_saved(checkpoint: Checkpoint) -> None:
-    """Observe a checkpoint after it was stored (skipped checkpoints are not reported).
+    """Observe a checkpoint after it was stored (skipped checkpoints are reported to
+    :func:`cidx_jobs_checkpoint_skipped` instead).
 
     :param checkpoint: the checkpoint as stored.
+    """
+
+
+@hookspec
+def cidx_jobs_checkpoint_skipped(job_id: str, phase: str, skipped_at: datetime) -> None:
+    """Observe a checkpoint that the checkpoint policy skipped (throttling); the previous
+    checkpoint of the phase stays. Not called for a job that does not exist.
+
+    :param job_id: the job the checkpoint belongs to.
+    :param phase: the phase it would have recorded.
+    :param skipped_at: when it was skipped, UTC.
+    """
+
+
+@hookspec
+def cidx_jobs_recovery_done(report: RecoveryReport) -> None:
+    """Observe the result of a recovery sweep (also one that took no job).
+
+    :param report: the jobs taken over: interrupted ones with their resume point, and the
+        pending or queued ones to re-queue.
     """
 
 
@@ -146,14 +187,15 @@ def cidx_jobs_cleanup_done(report: CleanupReport) -> None:
 
 __all__ = [
     "PROJECT_NAME",
-    "RegisterBackend",
+    "cidx_jobs_checkpoint_policy",
     "cidx_jobs_checkpoint_saved",
-    "cidx_jobs_checkpoint_should_write",
+    "cidx_jobs_checkpoint_skipped",
     "cidx_jobs_cleanup_done",
     "cidx_jobs_cleanup_policy",
     "cidx_jobs_job_saved",
+    "cidx_jobs_recovery_done",
     "cidx_jobs_register_backends",
-    "cidx_jobs_resume_checkpoint",
+    "cidx_jobs_resume_policy",
     "cidx_jobs_status_changed",
     "hookimpl",
     "hookspec",

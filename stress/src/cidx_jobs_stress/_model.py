@@ -35,14 +35,8 @@ from typing import Any
 
 import attrs
 
-from cidx_jobs import (
-    ACTIVE_STATUSES,
-    JobFilter,
-    JobPersistence,
-    JobStatus,
-    StatusChange,
-    SyncJob,
-)
+from cidx_jobs import ACTIVE_STATUSES, JobFilter, JobPersistence, JobStatus, SyncJob
+from cidx_jobs.backend import StatusChange
 from cidx_jobs.errors import DuplicateJobError
 from cidx_jobs.serialization import from_dict, to_dict
 

@@ -160,7 +160,7 @@ class _Trial:
             return "unopenable"
         store = opened.value
         try:
-            recovery = getattr(store, "recovery", None)
+            recovery = getattr(store.storage, "recovery", None)
             result.check(
                 recovery is None, f"trial {trial}: a kill made the store recover: {recovery}"
             )

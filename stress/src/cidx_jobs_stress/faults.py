@@ -449,7 +449,7 @@ def _check_salvage(
     damaged: bytes | None,
     label: str,
 ) -> None:
-    report = getattr(store, "recovery", None)
+    report = getattr(store.storage, "recovery", None)
     result.outcomes[
         f"damaged pages: {'recovered at open' if report is not None else 'opened without recovery'}"
     ] += 1

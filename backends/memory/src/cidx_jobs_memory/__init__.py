@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from ._store import MemoryJobStore
+from ._store import MemoryStorage
 
-__all__ = ["MemoryJobStore"]
+__all__ = ["MemoryStorage"]

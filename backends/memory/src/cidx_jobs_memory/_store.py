@@ -1,4 +1,4 @@
-"""MemoryJobStore: dicts, sorted indexes and one re-entrant lock."""
+"""MemoryStorage: dicts, sorted indexes and one re-entrant lock."""
 
 from __future__ import annotations
 
@@ -12,18 +12,8 @@ from datetime import datetime
 
 import attrs
 
-from cidx_jobs import (
-    ACTIVE_STATUSES,
-    BackendConfig,
-    Checkpoint,
-    Hooks,
-    JobFilter,
-    JobPersistence,
-    JobStatus,
-    StatusChange,
-    StoreSettings,
-    SyncJob,
-)
+from cidx_jobs import ACTIVE_STATUSES, Checkpoint, JobFilter, JobStatus, SyncJob
+from cidx_jobs.backend import BackendConfig, StatusChange, Storage
 from cidx_jobs.errors import ConfigError, DuplicateJobError, StorageUnavailableError
 
 _Key = tuple[datetime, str]  # (created_at, id): the query order, ascending
@@ -33,8 +23,8 @@ def _key(job: SyncJob) -> _Key:
     return (job.created_at, job.id)
 
 
-class MemoryJobStore(JobPersistence):
-    """A job store held in this process's memory.
+class MemoryStorage(Storage):
+    """A job storage held in this process's memory.
 
     Stored values are kept as JSON text and decoded on every read, so a
     returned job or checkpoint never aliases stored state. Jobs are indexed in
@@ -42,13 +32,11 @@ class MemoryJobStore(JobPersistence):
     jobs of the narrowest index it can use.
 
     One re-entrant lock serializes calls; :meth:`transaction` holds it for the
-    whole block and undoes the block's changes on an exception.
+    whole block and undoes the block's changes on an exception. After
+    :meth:`close`, every call raises :class:`~cidx_jobs.errors.StorageUnavailableError`.
     """
 
-    def __init__(
-        self, *, hooks: Hooks | None = None, settings: StoreSettings | None = None
-    ) -> None:
-        super().__init__(hooks=hooks, settings=settings)
+    def __init__(self) -> None:
         self._lock = threading.RLock()
         self._jobs: dict[str, tuple[SyncJob, str]] = {}
         self._checkpoints: dict[str, dict[str, tuple[datetime, str]]] = {}
@@ -59,18 +47,19 @@ class MemoryJobStore(JobPersistence):
         self._closed = False
 
     @classmethod
-    def from_config(cls, config: BackendConfig) -> MemoryJobStore:
-        """The store for ``memory://`` (it takes no options of its own).
+    def from_config(cls, config: BackendConfig) -> MemoryStorage:
+        """The storage for ``memory://`` (it takes no options of its own).
 
-        :raises ConfigError: an option was given, or a path.
+        :raises ConfigError: an option was given, or a path or host.
         """
         if config.path:
             raise ConfigError(
                 f"the memory backend takes no path (got {config.path!r}); use 'memory://'",
                 option="path",
             )
+        config.reject_location(why="use 'memory://'")
         config.reader().finish()
-        return cls(hooks=config.hooks, settings=config.settings)
+        return cls()
 
     # -- internal mutation, each recording its inverse inside a transaction -----------
 
@@ -141,19 +130,19 @@ class MemoryJobStore(JobPersistence):
 
     # -- primitives --------------------------------------------------------------------
 
-    def _insert_job(self, job: SyncJob, metadata_json: str) -> None:
+    def insert_job(self, job: SyncJob, metadata_json: str) -> None:
         with self._locked():
             if job.id in self._jobs:
                 raise DuplicateJobError(job.id)
             # Strip the caller's metadata dict so later mutations of it cannot leak in.
             self._put(self._decode(job, "{}"), metadata_json)
 
-    def _get_job(self, job_id: str) -> SyncJob | None:
+    def get_job(self, job_id: str) -> SyncJob | None:
         with self._locked():
             row = self._jobs.get(job_id)
             return None if row is None else self._decode(*row)
 
-    def _set_status(self, job_id: str, change: StatusChange) -> bool:
+    def set_status(self, job_id: str, change: StatusChange) -> bool:
         with self._locked():
             row = self._jobs.get(job_id)
             if row is None:
@@ -164,7 +153,7 @@ class MemoryJobStore(JobPersistence):
             self._put(updated, row[1])
             return True
 
-    def _set_progress(self, job_id: str, progress: int, phase: str | None) -> bool:
+    def set_progress(self, job_id: str, progress: int, phase: str | None) -> bool:
         with self._locked():
             row = self._jobs.get(job_id)
             if row is None:
@@ -215,7 +204,7 @@ class MemoryJobStore(JobPersistence):
             if filter.matches(job):
                 yield job
 
-    def _select_jobs(
+    def select_jobs(
         self, filter: JobFilter, after: tuple[datetime, str] | None, limit: int
     ) -> list[SyncJob]:
         with self._locked():
@@ -230,27 +219,29 @@ class MemoryJobStore(JobPersistence):
                     break
             return result
 
-    def _count_jobs(self, filter: JobFilter) -> int:
+    def count_jobs(self, filter: JobFilter) -> int:
         with self._locked():
             return sum(1 for _ in self._matching(filter, None))
 
-    def _delete_finished(
-        self, cutoffs: Mapping[JobStatus, datetime], *, batch_size: int, dry_run: bool
-    ) -> tuple[int, int]:
+    def _expired(self, cutoffs: Mapping[JobStatus, datetime]) -> Iterator[str]:
+        for job, _ in self._jobs.values():
+            if job.status in cutoffs and (job.completed_at or job.created_at) < cutoffs[job.status]:
+                yield job.id
+
+    def delete_expired(self, cutoffs: Mapping[JobStatus, datetime], limit: int) -> tuple[int, int]:
         with self._locked():
-            doomed = [
-                job.id
-                for job, _ in self._jobs.values()
-                if job.status in cutoffs
-                and (job.completed_at or job.created_at) < cutoffs[job.status]
-            ]
+            doomed = list(itertools.islice(self._expired(cutoffs), limit))
             checkpoints = sum(len(self._checkpoints.get(job_id, ())) for job_id in doomed)
-            if not dry_run:
-                for job_id in doomed:
-                    self._drop(job_id)
+            for job_id in doomed:
+                self._drop(job_id)
             return len(doomed), checkpoints
 
-    def _upsert_checkpoint(self, checkpoint: Checkpoint, data_json: str) -> bool:
+    def count_expired(self, cutoffs: Mapping[JobStatus, datetime]) -> tuple[int, int]:
+        with self._locked():
+            doomed = list(self._expired(cutoffs))
+            return len(doomed), sum(len(self._checkpoints.get(job_id, ())) for job_id in doomed)
+
+    def upsert_checkpoint(self, checkpoint: Checkpoint, data_json: str) -> bool:
         with self._locked():
             if checkpoint.job_id not in self._jobs:
                 return False
@@ -267,7 +258,7 @@ class MemoryJobStore(JobPersistence):
             self._record(undo)
             return True
 
-    def _get_checkpoint(self, job_id: str, phase: str) -> Checkpoint | None:
+    def get_checkpoint(self, job_id: str, phase: str) -> Checkpoint | None:
         with self._locked():
             found = self._checkpoints.get(job_id, {}).get(phase)
             if found is None:
@@ -276,7 +267,7 @@ class MemoryJobStore(JobPersistence):
                 job_id=job_id, phase=phase, data=json.loads(found[1]), created_at=found[0]
             )
 
-    def _get_checkpoints(self, job_id: str) -> list[Checkpoint]:
+    def get_checkpoints(self, job_id: str) -> list[Checkpoint]:
         with self._locked():
             phases = self._checkpoints.get(job_id, {})
             return [
@@ -286,7 +277,7 @@ class MemoryJobStore(JobPersistence):
                 )
             ]
 
-    def _renew_leases(self, owner: str, now: datetime) -> int:
+    def renew_leases(self, owner: str, now: datetime) -> int:
         with self._locked():
             mine = [
                 row
@@ -297,7 +288,7 @@ class MemoryJobStore(JobPersistence):
                 self._put(attrs.evolve(job, heartbeat_at=now), metadata_json)
             return len(mine)
 
-    def _find_stale(self, before: datetime, exclude_owner: str, limit: int) -> list[SyncJob]:
+    def find_stale(self, before: datetime, exclude_owner: str, limit: int) -> list[SyncJob]:
         with self._locked():
             stale = (
                 row
@@ -308,7 +299,7 @@ class MemoryJobStore(JobPersistence):
             )
             return [self._decode(*row) for row in itertools.islice(stale, limit)]
 
-    def _take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
+    def take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
         with self._locked():
             row = self._jobs.get(job.id)
             if row is None:
@@ -326,7 +317,7 @@ class MemoryJobStore(JobPersistence):
             return True
 
     @contextmanager
-    def _begin(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[None]:
         with self._locked():
             undos: list[Callable[[], None]] = []
             self._undo = undos
@@ -340,7 +331,7 @@ class MemoryJobStore(JobPersistence):
             finally:
                 self._undo = None
 
-    def _close(self) -> None:
+    def close(self) -> None:
         with self._lock:
             self._closed = True
             self._jobs.clear()
@@ -350,4 +341,4 @@ class MemoryJobStore(JobPersistence):
             self._by_project.clear()
 
     def __repr__(self) -> str:
-        return f"<MemoryJobStore jobs={len(self._jobs)}{' closed' if self._closed else ''}>"
+        return f"<MemoryStorage jobs={len(self._jobs)}{' closed' if self._closed else ''}>"

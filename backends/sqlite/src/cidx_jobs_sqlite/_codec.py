@@ -29,14 +29,6 @@ JOB_COLUMNS = (
     "heartbeat_at",
 )
 JOB_COLUMNS_SQL = ", ".join(JOB_COLUMNS)
-INSERT_JOB_SQL = (
-    f"INSERT INTO sync_jobs ({JOB_COLUMNS_SQL}) VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
-)
-INSERT_CHECKPOINT_SQL = (
-    "INSERT INTO job_checkpoints (job_id, phase, data, created_at) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (job_id, phase) DO UPDATE SET data = excluded.data, "
-    "created_at = excluded.created_at"
-)
 
 STATUS_BY_VALUE: dict[str, JobStatus] = {status.value: status for status in JobStatus}
 _from_trusted = SyncJob.from_trusted
@@ -57,6 +49,7 @@ def encode_time(value: datetime) -> int:
 
 
 def encode_optional_time(value: datetime | None) -> int | None:
+    """:func:`encode_time`, or ``None`` for ``None``."""
     return None if value is None else (value - EPOCH) // MICROSECOND
 
 

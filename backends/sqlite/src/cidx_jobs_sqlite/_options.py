@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from cidx_jobs import BackendConfig, Options
+import attrs
+
+from cidx_jobs.backend import BackendConfig, Options
 from cidx_jobs.errors import ConfigError
 
 __all__ = ["SYNCHRONOUS_LEVELS", "SqliteOptions"]
@@ -25,7 +26,7 @@ MAX_BUSY_TIMEOUT_MS = 600_000
 MAX_SIZE_MB = 16 * 1024 * 1024  # 16 TiB; SQLite's own limit is far beyond any job store
 
 
-@dataclasses.dataclass(frozen=True)
+@attrs.frozen(kw_only=True)
 class SqliteOptions:
     """How to open and run an SQLite job store. Build it with :meth:`parse` or :meth:`from_config`,
     which validate every value.
@@ -33,7 +34,8 @@ class SqliteOptions:
     :ivar path: the database file; missing parent folders are created.
     :ivar pool_size: the most connections open at once (5..10, default 10; opened as needed).
     :ivar busy_timeout_ms: how long a call waits for another connection's write lock
-        (and for a free pooled connection) before it gives up (default 5000).
+        (and for a free pooled connection) before it gives up with StorageBusyError
+        (default 5000).
     :ivar synchronous: SQLite's ``synchronous`` level: ``normal`` (default; in WAL mode a
         process crash loses nothing, a power cut may lose the last transactions),
         ``full`` or ``extra`` (survive power cuts, slower writes) or ``off``.
@@ -44,6 +46,11 @@ class SqliteOptions:
         (``PRAGMA integrity_check``, much slower) or ``off``.
     :ivar max_size_mb: the largest the database may grow, in MiB (0, the default, means
         no limit beyond the disk); a write beyond it raises StorageFullError.
+    :ivar migrate: bring the schema up to date and switch the file to WAL mode at open
+        (default). When false, the store changes nothing at open: the file must exist, a
+        file of an older schema version stays as it is (calls that need the newer schema
+        fail until :meth:`~cidx_jobs_sqlite.SqliteStorage.migrate` runs), and the
+        ``cidx-jobs`` command line reads the database without upgrading it.
     """
 
     path: Path
@@ -53,6 +60,7 @@ class SqliteOptions:
     recover_corrupt: bool = True
     check_on_open: str = "quick"
     max_size_mb: int = 0
+    migrate: bool = True
 
     @property
     def busy_timeout(self) -> float:
@@ -74,13 +82,6 @@ class SqliteOptions:
         if options is None:
             options = {}
         reader = options if isinstance(options, Options) else Options("sqlite", options)
-        netloc = reader.get_str("netloc")
-        if netloc:
-            raise ConfigError(
-                f"an sqlite URL has no host part (got {netloc!r}): write sqlite:///relative/path.db "
-                "or sqlite:////absolute/path.db",
-                option="netloc",
-            )
         pool_size = reader.get_int(
             "pool_size", DEFAULT_POOL_SIZE, minimum=MIN_POOL_SIZE, maximum=MAX_POOL_SIZE
         )
@@ -91,6 +92,7 @@ class SqliteOptions:
         recover_corrupt = reader.get_bool("recover_corrupt", True)
         check_on_open = reader.get_choice("check_on_open", "quick", CHECK_LEVELS)
         max_size_mb = reader.get_int("max_size_mb", 0, minimum=0, maximum=MAX_SIZE_MB)
+        migrate = reader.get_bool("migrate", True)
         reader.finish()
         return cls(
             path=_check_path(path),
@@ -100,14 +102,20 @@ class SqliteOptions:
             recover_corrupt=recover_corrupt,
             check_on_open=check_on_open,
             max_size_mb=max_size_mb,
+            migrate=migrate,
         )
 
     @classmethod
     def from_config(cls, config: BackendConfig) -> SqliteOptions:
         """The options of a store opened through :func:`cidx_jobs.open_persistence`.
 
-        :raises ConfigError: as :meth:`parse`.
+        :raises ConfigError: as :meth:`parse`, or the configuration names a host, port,
+            user name or password (an SQLite database is a local file).
         """
+        config.reject_location(
+            why="an SQLite database is a local file: write sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
+        )
         return cls.parse(config.path, config.reader())
 
     def max_page_count(self, page_size: int) -> int | None:

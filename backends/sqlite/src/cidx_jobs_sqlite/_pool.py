@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from cidx_jobs.errors import StorageUnavailableError
+from cidx_jobs.errors import StorageBusyError, StorageUnavailableError
 
 
 class Connection(sqlite3.Connection):
@@ -81,8 +81,8 @@ class ConnectionPool:
     def acquire(self) -> Connection:
         """A connection for the calling thread's exclusive use; give it back with :meth:`release`.
 
-        :raises StorageUnavailableError: the pool is closed, or every connection stayed
-            in use for the wait timeout.
+        :raises StorageUnavailableError: the pool is closed.
+        :raises StorageBusyError: every connection stayed in use for the wait timeout.
         :raises StorageError: opening a new connection failed.
         """
         if not self._queue:  # threads are queued: line up behind them instead of barging in
@@ -135,7 +135,7 @@ class ConnectionPool:
                         deadline = now + self._wait_timeout
                     if now >= deadline:
                         self._queue.remove(slot)
-                        raise StorageUnavailableError(
+                        raise StorageBusyError(
                             f"all {self._size} connections (pool_size) to {self._describe} "
                             f"stayed in use for {self._wait_timeout:g} s; long transaction() "
                             "blocks or more threads than connections hold them (shorten the "
@@ -165,13 +165,13 @@ class ConnectionPool:
         if self._stale and conn in self._stale:
             self.discard(conn)
             return
-        if conn.in_transaction:
-            # A statement was interrupted half-way; never hand out an open transaction.
-            try:
+        try:
+            if conn.in_transaction:
+                # A statement was interrupted half-way; never hand out an open transaction.
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                self.discard(conn)
-                return
+        except sqlite3.Error:  # also sqlite3's refusal of a connection closed meanwhile
+            self.discard(conn)
+            return
         if not self._queue and not self._closed:
             # Nobody waits: no lock. A thread that queues from now on finds the connection
             # idle (it looks again after queueing), or is woken below if it queued between

@@ -15,7 +15,6 @@ also yield garbage that SQLite does not notice.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -26,10 +25,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from cidx_jobs import Checkpoint, JobStatus, SyncJob
 from cidx_jobs.errors import CidxJobsError
 
-from . import _codec
+from . import _codec, _statements
 from ._errors import CORRUPT, NOTADB, error_code
 from ._schema import apply_migrations
 
@@ -44,7 +45,7 @@ _QUERY_BUDGET = 1_000_000
 _LOST_IDS_LOGGED = 20
 
 
-@dataclasses.dataclass
+@attrs.define(kw_only=True)
 class RecoveryReport:
     """What a recovery kept and lost.
 
@@ -64,7 +65,7 @@ class RecoveryReport:
     problem: str
     jobs_kept: int = 0
     checkpoints_kept: int = 0
-    jobs_lost: list[str] = dataclasses.field(default_factory=list)
+    jobs_lost: list[str] = attrs.Factory(list)
     checkpoints_lost: int = 0
     rows_unreadable: int = 0
     complete: bool = True
@@ -125,6 +126,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
 
 
 def file_identity(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) of the file at ``path``, or ``None`` if there is none."""
     try:
         stat = os.stat(path)
     except OSError:
@@ -407,8 +409,8 @@ def _write_fresh(
         conn.execute("PRAGMA foreign_keys = ON")
         apply_migrations(conn, path, lambda c: c.execute("BEGIN IMMEDIATE").close())
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(_codec.INSERT_JOB_SQL, jobs)
-        conn.executemany(_codec.INSERT_CHECKPOINT_SQL, checkpoints)
+        conn.executemany(_statements.INSERT_JOB, jobs)
+        conn.executemany(_statements.INSERT_CHECKPOINT, checkpoints)
         conn.execute("COMMIT")
     finally:
         conn.close()

@@ -1,0 +1,252 @@
+"""Opening the database: connections, their pragmas, the check (and recovery) at open, WAL
+mode and the schema migrations.
+
+The first connection of a store checks the file and, if it is damaged, recovers it (see
+:mod:`._recovery`); the pool's later connections only configure themselves and bring
+the schema up to date if another process migrated the file meanwhile.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sqlite3
+import threading
+
+from cidx_jobs.errors import (
+    StorageCorruptError,
+    StorageError,
+    StoragePermissionError,
+    StorageUnavailableError,
+)
+
+from . import _schema
+from ._errors import DAMAGE, error_code, permission_problem
+from ._options import SqliteOptions
+from ._pool import Connection
+from ._recovery import RecoveryReport, file_identity, folder_lock, looks_like_sqlite, probe, recover
+from ._runner import retry_busy, translating
+
+logger = logging.getLogger("cidx_jobs.sqlite")
+
+#: UPSERT (ON CONFLICT DO UPDATE) arrived in 3.24; row values and DESC indexes earlier.
+MIN_SQLITE = (3, 24, 0)
+#: Prepared statements each connection keeps (sqlite3's default is 128).
+CACHED_STATEMENTS = 256
+#: The size a WAL that a big cleanup grew is truncated back to after checkpoints.
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+def connection_pragmas(options: SqliteOptions) -> tuple[str, ...]:
+    """The pragmas every connection runs first (they hold per connection, not per file)."""
+    return (
+        # Off by default and per connection: without it the cascade to checkpoints silently
+        # does nothing.
+        "PRAGMA foreign_keys = ON",
+        f"PRAGMA synchronous = {options.synchronous.upper()}",
+        # Keep a WAL that a big cleanup grew from staying big on disk.
+        f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}",
+        # Zeroing every deleted row (this build's default) makes a cleanup write each page
+        # twice; FAST zeroes only what costs no extra I/O. The rows are no secret beyond
+        # the file's own permissions.
+        "PRAGMA secure_delete = FAST",
+    )
+
+
+class Connector:
+    """Opens the connections of one store to the database file ``options.path``.
+
+    :param connection_class: the class of every connection (tests substitute one that
+        injects failures or traces statements).
+    """
+
+    def __init__(self, options: SqliteOptions, connection_class: type[Connection]) -> None:
+        self.options = options
+        self.path = options.path
+        self._path_str = str(options.path)
+        self._busy = options.busy_timeout
+        self._pragmas = connection_pragmas(options)
+        self._connection_class = connection_class
+        self._lock = threading.Lock()
+        #: What the recovery at open kept and lost, if the file was damaged.
+        self.recovery: RecoveryReport | None = None
+
+    def open(self) -> Connection:
+        """The store's first connection, after checking (and if need be recovering) the file.
+
+        :raises StoragePermissionError: the file or a folder cannot be created, read or written.
+        :raises StorageCorruptError: the file is damaged and ``recover_corrupt`` is off, or
+            the path holds a file that is not an SQLite database.
+        :raises SchemaVersionError: the file was written by a newer release, or by another
+            program.
+        :raises StorageError: SQLite failed otherwise.
+        """
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise StorageError(
+                f"the sqlite backend needs SQLite {'.'.join(map(str, MIN_SQLITE))} or newer; "
+                f"this Python has SQLite {sqlite3.sqlite_version}"
+            )
+        if not self.options.migrate and not self.path.is_file():
+            # Opening without migrating promises to change nothing: not even a new file.
+            raise StorageUnavailableError(
+                f"{self.path} does not exist, and with migrate=false the store creates no "
+                "database; check the path, or open it once without migrate=false"
+            )
+        self._make_folder()
+        problem = permission_problem(self.path)
+        if problem is not None:
+            raise StoragePermissionError(problem)
+        conn = self._bare_connect()
+        try:
+            damage = self._check(conn)
+            if damage is not None:
+                conn.close()
+                conn = self._recover(damage)
+            self._configure(conn)
+            self._setup(conn, initial=True)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def connect(self) -> Connection:
+        """A new pooled connection (the pool calls this lazily, and after retiring one).
+
+        :raises StorageError: as :meth:`open`, except that the file is not checked for damage.
+        """
+        self._make_folder()
+        conn = self._bare_connect()
+        try:
+            self._configure(conn)
+            self._setup(conn, initial=False)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # -- the steps -----------------------------------------------------------------------------
+
+    def _bare_connect(self) -> Connection:
+        """A connection with no pragmas applied yet (some read the file's header)."""
+        with translating(self.path, "opening the database"):
+            return sqlite3.connect(
+                self._path_str,
+                timeout=self._busy,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=CACHED_STATEMENTS,
+                factory=self._connection_class,
+            )
+
+    def _configure(self, conn: Connection) -> None:
+        with translating(self.path, "configuring a connection"):
+            for pragma in self._pragmas:
+                conn.execute(pragma)
+
+    def _make_folder(self) -> None:
+        folder = self.path.parent
+        if folder.is_dir():
+            return
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except PermissionError as error:
+            problem = permission_problem(self.path)
+            raise StoragePermissionError(
+                problem or f"cannot create the folder {folder}: {error.strerror}"
+            ) from error
+        except OSError as error:
+            raise StorageUnavailableError(
+                f"cannot create the folder {folder} for the job database: {error}"
+            ) from error
+
+    def _check(self, conn: Connection) -> str | None:
+        """What is damaged in the file, or ``None``; refuses files of newer releases."""
+        with translating(self.path, "checking the database"):
+            try:
+                version = _schema.read_version(conn)
+                if version > _schema.SCHEMA_VERSION:
+                    raise _schema.newer_version_error(self.path, version)
+                return probe(conn, self.options.check_on_open)
+            except sqlite3.DatabaseError as error:
+                if error_code(error) in DAMAGE:
+                    return str(error)
+                raise
+
+    def _recover(self, damage: str) -> Connection:
+        path = self.path
+        if not looks_like_sqlite(path):
+            raise StorageCorruptError(
+                f"{path} is not an SQLite database ({damage}); it was left untouched. Check "
+                "that the configured path names the job database"
+            )
+        if not self.options.recover_corrupt:
+            raise StorageCorruptError(
+                f"{path} is damaged ({damage}) and recover_corrupt is off. Restore it from a "
+                "backup, or open it with recover_corrupt=true to move it aside and salvage "
+                "every readable job into a fresh database"
+            )
+        with folder_lock(path.parent):
+            # Another process may have recovered the file while this one waited.
+            conn = self._bare_connect()
+            try:
+                damage_now = self._check(conn)
+            except BaseException:
+                conn.close()
+                raise
+            if damage_now is None:
+                return conn
+            conn.close()
+            try:
+                with translating(path, "salvaging the damaged database"):
+                    self.recovery = recover(path, damage_now)
+            except PermissionError as error:
+                raise StoragePermissionError(
+                    f"cannot recover the damaged {path}: {error}; grant write permission on "
+                    f"the folder {path.parent}"
+                ) from error
+            except OSError as error:
+                raise StorageError(f"cannot recover the damaged {path}: {error}") from error
+        return self._bare_connect()
+
+    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
+        retry_busy(functools.partial(conn.execute, "BEGIN IMMEDIATE"), self._busy)
+
+    def _setup(self, conn: Connection, *, initial: bool) -> None:
+        """Bring a new connection's file up to date (WAL, schema) and remember the file."""
+        path = self.path
+        with translating(path, "preparing the database"):
+            version = _schema.read_version(conn)
+            if self.options.migrate and (initial or version != _schema.SCHEMA_VERSION):
+                self.migrate(conn)
+            limit = self.options.max_page_count(int(conn.execute("PRAGMA page_size").fetchone()[0]))
+            if limit is not None:
+                conn.execute(f"PRAGMA max_page_count = {limit}")
+        identity = file_identity(path)
+        if identity is None:
+            raise StorageUnavailableError(f"{path} vanished while it was being opened")
+        conn.identity = identity
+
+    def migrate(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """Switch the file to WAL mode and bring its schema up to date (idempotent).
+
+        :returns: the schema version before and after.
+        :raises SchemaVersionError: the file is newer than this release, or not ours.
+        :raises sqlite3.Error: SQLite failed; the schema was not changed.
+        """
+        with self._lock:
+            self._enable_wal(conn)
+            return _schema.apply_migrations(
+                conn, self.path, self._begin_immediate, _schema.SCHEMA_VERSION
+            )
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        mode = retry_busy(
+            lambda: str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]), self._busy
+        )
+        if mode.lower() != "wal":
+            logger.warning(
+                "%s could not be switched to WAL mode (it is in %s mode): readers will wait "
+                "for writers. Keep the database on a local file system",
+                self.path,
+                mode,
+            )
