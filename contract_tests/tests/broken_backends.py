@@ -311,21 +311,29 @@ class FakeDriver(FaultInjector):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._armed: Fault | None = None
+        self._after = 0
 
-    def fail_next(self, fault: Fault) -> None:
+    def fail_next(self, fault: Fault, *, after: int = 0) -> None:
         with self._lock:
-            self._armed = fault
+            self._armed, self._after = fault, after
 
-    def clear(self) -> None:
+    def clear(self) -> bool:
         with self._lock:
+            pending = self._armed is not None
             self._armed = None
+        return pending
 
     def execute(self) -> None:
-        """Send one statement: raises the driver's error if a fault is armed."""
+        """Send one statement: raises the driver's error if it is the one a fault is armed for."""
         with self._lock:
-            fault, self._armed = self._armed, None
-        if fault is not None:
-            raise FakeDriverError(*_DRIVER_CODES[fault])
+            fault = self._armed
+            if fault is None:
+                return
+            if self._after:
+                self._after -= 1
+                return
+            self._armed = None
+        raise FakeDriverError(*_DRIVER_CODES[fault])
 
 
 def _sends_a_statement(method: _F) -> _F:
@@ -378,10 +386,13 @@ class TranslatesDriverErrors(MemoryStorage):
                     raise StorageBusyError(
                         "the transaction was rolled back after a failure inside it"
                     )
-                with self._translated():
-                    self.driver.execute()  # COMMIT
+                self._commit()
             finally:
                 self._block_thread = None
+
+    def _commit(self) -> None:
+        with self._translated():
+            self.driver.execute()  # COMMIT
 
 
 for _name in (
@@ -411,6 +422,22 @@ class LeaksDriverErrors(TranslatesDriverErrors):
         yield
 
 
+class LeaksOnCommit(TranslatesDriverErrors):
+    """Every statement's driver error is translated, except COMMIT's, which escapes as it is."""
+
+    def _commit(self) -> None:
+        self.driver.execute()  # COMMIT, untranslated
+
+
+class LeaksInTakeOver(TranslatesDriverErrors):
+    """Every statement's driver error is translated, except a take-over's (a recovery's
+    second kind of statement, after the lookup of stale jobs)."""
+
+    def take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
+        self.driver.execute()  # untranslated
+        return MemoryStorage.take_over(self, job, status, owner, now)
+
+
 class CommitsAfterFault(TranslatesDriverErrors):
     """After a failure inside a block, the block goes on and commits what came before and after
     (as when a deadlock victim's next statement runs in autocommit)."""
@@ -438,6 +465,8 @@ BROKEN: dict[str, type[Storage]] = {
         IgnoresHeartbeatInTakeOver,
         ClampsTimes,
         LeaksDriverErrors,
+        LeaksOnCommit,
+        LeaksInTakeOver,
         CommitsAfterFault,
     )
 }

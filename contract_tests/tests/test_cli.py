@@ -214,10 +214,17 @@ def _scratch(base, workdir):
         shutil.rmtree(folder)
 
 
+@contextmanager
+def _broken_scratch(base, workdir):
+    raise OSError(28, "No space left on device")
+    yield base
+
+
 @hookimpl
 def cidx_jobs_register_backends(register):
     register("folder", _factory, scratch=_scratch)
     register("noscratch", _factory)
+    register("brokenscratch", _factory, scratch=_broken_scratch)
 '''
 
 
@@ -254,6 +261,24 @@ def test_a_backend_without_a_scratch_factory_exits_2(tmp_path: Path) -> None:
     result = _run("noscratch:///{tmp}/jobs", cwd=tmp_path, env=env)
     assert result.returncode == 2, _output(result)
     assert "registered no scratch factory" in result.stderr
+
+
+def test_a_scratch_factory_that_raises_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    env = _install_folder_plugin(tmp_path)
+    result = _run("brokenscratch:///{tmp}/jobs", cwd=tmp_path, env=env)
+    assert result.returncode == 2, _output(result)
+    assert "the backend's scratch factory failed: OSError" in result.stderr
+    assert "No space left on device" in result.stderr
+    assert "Traceback" not in _output(result)
+
+
+def test_a_capability_both_with_and_without_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["--with", "persistent", "--without", "persistent", "memory://"])
+    assert exit.value.code == 2
+    assert "--with and --without both name persistent" in capsys.readouterr().err
 
 
 def test_help_lists_every_capability_flag(capsys: pytest.CaptureFixture[str]) -> None:

@@ -158,6 +158,71 @@ class TestLeaky(CrudContract):
     result.stdout.fnmatch_lines(["*scratch factory of backend 'memory' left*left-over.db*behind*"])
 
 
+_INVENTORIED = """
+#: The "tables" of a pretend database server: what the inventory lists.
+TABLES = {"team_a_jobs"}  # there before the test run, and none of its business
+MADE = []
+
+
+@contextlib.contextmanager
+def table_scratch(base, workdir):
+    table = f"scratch_{len(MADE)}_jobs"
+    MADE.append(table)
+    TABLES.add(table)
+    try:
+        yield "memory://"
+    finally:
+        if DROPS:
+            TABLES.discard(table)
+
+
+def inventory(base):
+    assert base == "memory://"
+    return sorted(TABLES)
+
+
+class TestTables(CrudContract):
+    @pytest.fixture
+    def base_config(self):
+        return "memory://"
+
+    @pytest.fixture
+    def backend(self):
+        return Backend(
+            name="memory",
+            plugin="test-plugin",
+            factory=memory_factory,
+            scratch=table_scratch,
+            inventory=inventory,
+        )
+"""
+
+
+def test_a_scratch_factory_that_leaves_a_listed_storage_behind_fails(
+    pytester: pytest.Pytester,
+) -> None:
+    result = _run(pytester, "DROPS = False\n" + _INVENTORIED, "-k", "test_load_of_an_unknown_id")
+    # The test itself passed; its teardown found the scratch table still there.
+    result.assert_outcomes(passed=1, errors=1)
+    assert (
+        "the scratch factory of backend 'memory' left ['scratch_0_jobs'] behind (as its "
+        "inventory lists them)" in result.stdout.str()
+    )
+    assert "team_a_jobs" not in result.stdout.str(), "what was there before is not blamed"
+
+
+def test_a_scratch_factory_that_removes_what_it_made_passes_the_inventory_check(
+    pytester: pytest.Pytester,
+) -> None:
+    result = _run(
+        pytester,
+        "DROPS = True\n" + _INVENTORIED,
+        "-k",
+        "test_load_of_an_unknown_id or test_save_then_load_returns",
+    )
+    result.assert_outcomes(passed=2)
+
+
 def test_declaring_persistent_on_a_backend_that_forgets_fails(pytester: pytest.Pytester) -> None:
     result = _run(
         pytester,

@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 
 from cidx_jobs import StoreSettings, open_persistence, parse_config
-from cidx_jobs.backend import Options
+from cidx_jobs._config import mask_password
+from cidx_jobs.backend import BackendConfig, Options
 from cidx_jobs.errors import BackendNotFoundError, ConfigError
 
 
@@ -152,3 +153,41 @@ def test_bad_common_option(url: str) -> None:
     pytest.importorskip("cidx_jobs_memory")
     with pytest.raises(ConfigError):
         open_persistence(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("sqlite:///a.db", "sqlite:///a.db"),
+        ("pg://u@h/db", "pg://u@h/db"),
+        ("pg://u:p@w@h:5/d?x=1", "pg://u:***@h:5/d?x=1"),
+        ("pg://h/db?password=s3cret&x=1", "pg://h/db?password=***&x=1"),
+        ("pg://u:pw@host?application_name=a@b", "pg://u:***@host?application_name=a@b"),
+    ],
+)
+def test_mask_password(url: str, masked: str) -> None:
+    assert mask_password(url) == masked
+
+
+def test_a_backend_configs_repr_shows_no_password() -> None:
+    config = BackendConfig(
+        backend="pg",
+        url="pg://u:s3cret@h/db?password=s3cret",
+        path="db",
+        options={},
+        password="s3cret",
+    )
+    assert "s3cret" not in repr(config)
+
+
+def test_a_url_fragment_is_refused_not_dropped() -> None:
+    with pytest.raises(ConfigError, match="%23") as caught:
+        parse_config("sqlite:///tmp/jobs#1.db")
+    assert caught.value.option == "url"
+
+
+@pytest.mark.parametrize("value", ["1_0", "\uff11", "1e", "inf", "0x10"])
+def test_float_options_take_plain_ascii_numbers(value: str) -> None:
+    with pytest.raises(ConfigError):
+        Options("b", {"n": value}).get_float("n", 1, minimum=0, maximum=100)
+    assert Options("b", {"n": " 2.5e1 "}).get_float("n", 1, minimum=0, maximum=100) == 25.0

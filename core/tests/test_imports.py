@@ -17,7 +17,8 @@ NAME = "cidx_jobs"
 
 def module_name(path: Path) -> str:
     relative = path.relative_to(PACKAGE).with_suffix("")
-    parts = [] if relative.name == "__init__" else list(relative.parts)
+    # A package's __init__ is the package itself (cidx_jobs._cli/__init__.py is cidx_jobs._cli).
+    parts = list(relative.parent.parts) if relative.name == "__init__" else list(relative.parts)
     return ".".join([NAME, *parts])
 
 

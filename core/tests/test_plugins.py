@@ -25,6 +25,7 @@ from cidx_jobs import (
 from cidx_jobs._plugins import check_plugins
 from cidx_jobs.backend import BackendConfig, Capability
 from cidx_jobs.errors import PluginError
+from cidx_jobs.hookspecs import hookspec
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -355,11 +356,88 @@ def test_observers_run_in_pluggys_order(pm: pluggy.PluginManager) -> None:
 
 
 def test_the_default_observer_runs_after_the_plugins(pm: pluggy.PluginManager) -> None:
-    order = [impl.plugin_name for impl in reversed(pm.hook.cidx_jobs_job_saved.get_hookimpls())]
-    pm.register(_Recorder("mine", []), name="mine")
-    observers = Hooks(pm)._observers_of("cidx_jobs_job_saved")
-    assert [plugin for _, _, plugin in observers][-1] == "cidx_jobs.defaults"
-    assert order == ["cidx_jobs.defaults"]
+    order: list[str] = []
+
+    class Mine:
+        @hookimpl
+        def cidx_jobs_job_saved(self, job):  # type: ignore[no-untyped-def]
+            order.append("mine")
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            order.append("default log")
+
+    handler = Handler(logging.DEBUG)
+    log = logging.getLogger("cidx_jobs")
+    log.addHandler(handler)
+    previous = log.level
+    log.setLevel(logging.DEBUG)
+    pm.register(Mine(), name="mine")
+    try:
+        Hooks(pm).job_saved(SyncJob.create(id="j", user_id="u", project_id="p"))
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous)
+    # the default logger is registered first but trylast: pluggy runs it last
+    assert order == ["mine", "default log"]
+
+
+def test_an_observer_gets_a_defaulted_argument_as_pluggy_passes_it(
+    pm: pluggy.PluginManager,
+) -> None:
+    calls: list[tuple[str, object]] = []
+
+    class Defaulted:
+        @hookimpl
+        def cidx_jobs_status_changed(self, job_id, status, error_message=None, changed_at=None):  # type: ignore[no-untyped-def]
+            calls.append((job_id, error_message))
+
+    pm.register(Defaulted(), name="defaulted")
+    pm.hook.cidx_jobs_status_changed(
+        job_id="ref", status=JobStatus.FAILED, error_message="boom", changed_at=NOW
+    )
+    Hooks(pm).status_changed("j", JobStatus.FAILED, "boom", NOW)
+    # whatever the installed pluggy does with a defaulted parameter, the facade does too
+    assert calls[1] == ("j", calls[0][1])
+
+
+def test_unregister_forgets_the_distribution() -> None:
+    pytest.importorskip("cidx_jobs_memory")
+    pm = get_plugin_manager()
+    plugin = pm.get_plugin("memory")
+    assert pm.version_of("memory") is not None
+    pm.unregister(plugin)
+    pm.register(SimpleNamespace(), name="memory")
+    assert pm.version_of("memory") is None
+
+
+def test_adding_hookspecs_refreshes_the_cached_observers(pm: pluggy.PluginManager) -> None:
+    class Extra:
+        @hookspec
+        def cidx_jobs_extra_event(self, value):  # type: ignore[no-untyped-def]
+            """An event a plugin adds."""
+
+    seen: list[object] = []
+
+    class Observer:
+        @hookimpl
+        def cidx_jobs_extra_event(self, value):  # type: ignore[no-untyped-def]
+            seen.append(value)
+
+    pm.register(Observer(), name="observer")  # before its spec exists: pluggy keeps it pending
+    hooks = Hooks(pm)
+    before = pm.generation
+    pm.add_hookspecs(Extra)
+    assert pm.generation > before
+    hooks._notify("cidx_jobs_extra_event", (42,))
+    assert seen == [42]
+
+
+def test_hooks_needs_the_hook_specifications() -> None:
+    from cidx_jobs import PluginManager
+
+    with pytest.raises(PluginError, match="hook specifications"):
+        Hooks(PluginManager())
 
 
 @pytest.mark.parametrize("hook", ["cidx_jobs_job_saved", "cidx_jobs_register_backends"])

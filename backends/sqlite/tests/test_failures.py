@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -549,3 +551,119 @@ def test_a_closed_store_raises_unavailable(store: JobPersistence) -> None:
     with pytest.raises(StorageUnavailableError, match="closed"):
         with store.transaction():
             pass
+
+
+# -- a folder of the path replaced, and the lock of a recovery ----------------------------
+
+
+def test_a_folder_of_the_path_replaced_by_a_file_is_a_typed_error(tmp_path: Path) -> None:
+    folder = tmp_path / "sub"
+    store = open_sqlite(folder / "jobs.db")
+    try:
+        store.save_job(make_job("before"))
+        shutil.rmtree(folder)
+        folder.write_text("not a folder\n")  # os.stat of the path now fails with ENOTDIR
+        with pytest.raises(StorageUnavailableError, match="removed or replaced"):
+            store.save_job(make_job("into-the-void"))
+        # Reopening fails typed too while the file is in the way ...
+        with pytest.raises(StorageUnavailableError, match="cannot create the folder"):
+            store.load_job("before")
+        folder.unlink()
+        # ... and works again once it is gone: a new, empty database.
+        assert store.load_job("before") is None
+        assert store.save_job(make_job("after")) is True
+    finally:
+        store.close()
+
+
+def _destroy_header(open_store: OpenStore, path: Path) -> None:
+    fill_for_damage(open_store, path, jobs=5)
+    damage_pages(path, [1])
+
+
+def test_a_folder_that_cannot_be_locked_for_a_recovery_is_a_typed_error(
+    open_store: OpenStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    _destroy_header(open_store, db_path)
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(StorageUnavailableError, match="cannot lock the folder") as caught:
+        open_store()
+    assert isinstance(caught.value.__cause__, OSError)
+    monkeypatch.undo()
+    assert storage_of(open_store()).recovery is not None  # with locks, it recovers
+
+
+def test_a_folder_that_cannot_be_opened_for_a_recovery_is_a_typed_error(
+    open_store: OpenStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("fcntl")
+    _destroy_header(open_store, db_path)
+    real_open = os.open
+
+    def refuse_the_folder(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if Path(path) == db_path.parent:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse_the_folder)
+    with pytest.raises(StoragePermissionError, match="read permission on the folder"):
+        open_store()
+
+
+# -- a storage failure inside a block dooms it ----------------------------------------------
+
+
+def _unreadable_row(store: JobPersistence, db_path: Path) -> None:
+    store.save_job(make_job("damaged"))
+    store.save_job(make_job("fine"))
+    with raw_connect(db_path) as conn:
+        conn.execute("UPDATE sync_jobs SET metadata = '{oops' WHERE id = 'damaged'")
+    conn.close()
+
+
+def test_an_unreadable_row_dooms_the_block_even_when_the_caller_goes_on(
+    store: JobPersistence, db_path: Path
+) -> None:
+    _unreadable_row(store, db_path)
+    with pytest.raises(StorageError, match="rolled back") as caught:
+        with store.transaction():
+            store.save_job(make_job("before"))
+            with pytest.raises(StorageCorruptError):
+                store.load_job("damaged")
+            # The caller ignores the error; the block must not commit anyway.
+    assert not isinstance(caught.value, StorageCorruptError)
+    assert store.load_job("before") is None
+    with pytest.raises(StorageError, match="failed"):
+        with store.transaction():
+            with pytest.raises(StorageCorruptError):
+                store.query_jobs()
+            store.save_job(make_job("after"))  # a later call of the doomed block raises
+    assert store.load_job("after") is None
+    # An answer a primitive reads from a constraint does not doom a block.
+    with store.transaction():
+        with pytest.raises(DuplicateJobError):
+            store.save_job(make_job("fine"))
+        assert store.save_checkpoint("no-such-job", "p", {}) is False
+        store.save_job(make_job("kept"))
+    assert store.load_job("kept") is not None
+
+
+def test_a_failure_inside_a_block_dooms_it_even_if_sqlite_kept_it_open(
+    faulty: JobPersistence,
+) -> None:
+    # SQLITE_CORRUPT from one statement leaves SQLite's transaction open; the block is
+    # doomed all the same.
+    faulty.save_job(make_job("j1"))
+    FAULTS.add("UPDATE sync_jobs", driver_error(CORRUPT))
+    with pytest.raises(StorageError, match="rolled back"):
+        with faulty.transaction():
+            faulty.save_job(make_job("before"))
+            with pytest.raises(StorageCorruptError):
+                faulty.update_job_progress("j1", 50)
+    assert faulty.load_job("before") is None
+    assert faulty.save_job(make_job("after")) is True

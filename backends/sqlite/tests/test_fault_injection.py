@@ -176,9 +176,62 @@ def test_the_next_statement_of_any_thread_meets_the_fault(store: JobPersistence)
 def test_clear_cancels_a_fault_not_met_yet(store: JobPersistence) -> None:
     injector = injector_of(store)
     injector.fail_next(Fault.DISK_FULL)
-    injector.clear()
+    assert injector.clear() is True  # it was still pending
     assert store.save_job(make_job("j1")) is True
-    injector.clear()  # nothing armed: nothing happens
+    assert injector.clear() is False  # nothing armed: nothing happens
+
+
+def test_clear_says_whether_the_fault_was_met(store: JobPersistence) -> None:
+    injector = injector_of(store)
+    injector.fail_next(Fault.DISK_FULL)
+    with pytest.raises(StorageError):
+        store.save_job(make_job("j1"))
+    assert injector.clear() is False
+    injector.fail_next(Fault.DISK_FULL, after=1)
+    assert store.save_job(make_job("j1")) is True  # one statement: the fault waits
+    assert injector.clear() is True
+
+
+def test_after_lets_that_many_statements_pass_first(store: JobPersistence) -> None:
+    injector = injector_of(store)
+    injector.fail_next(Fault.CORRUPT, after=2)
+    assert store.save_job(make_job("j1")) is True
+    assert store.load_job("j1") is not None
+    with pytest.raises(Fault.CORRUPT.error):
+        store.update_job_progress("j1", 10)
+    assert injector.clear() is False
+    job = store.load_job("j1")
+    assert job is not None
+    assert job.progress == 0
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[fault.value for fault in FAULTS])
+def test_begin_and_commit_count_as_statements(store: JobPersistence, fault: Fault) -> None:
+    injector = injector_of(store)
+    # BEGIN IMMEDIATE, two INSERTs, then COMMIT: the fourth statement.
+    injector.fail_next(fault, after=3)
+    with pytest.raises(fault.error) as caught:
+        with store.transaction():
+            store.save_job(make_job("a"))
+            store.save_job(make_job("b"))
+    assert "committing" in str(caught.value)
+    assert injector.clear() is False
+    assert store.count_jobs() == 0
+    # BEGIN alone: the first statement.
+    injector.fail_next(fault)
+    with pytest.raises(fault.error, match="starting a transaction"):
+        _block(store)
+    assert store.count_jobs() == 0
+    _block(store)
+    assert store.load_job("in-block") is not None
+
+
+def test_after_must_be_a_count(store: JobPersistence) -> None:
+    injector = injector_of(store)
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="after"):
+            injector.fail_next(Fault.DISK_FULL, after=bad)  # type: ignore[arg-type]
+    assert injector.clear() is False
 
 
 def test_a_fault_is_met_once(store: JobPersistence) -> None:

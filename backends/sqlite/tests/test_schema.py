@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from cidx_jobs import ACTIVE_STATUSES, JobFilter, JobStatus
+from cidx_jobs import ACTIVE_STATUSES, JobFilter, JobPersistence, JobStatus
 from cidx_jobs.errors import SchemaVersionError
-from cidx_jobs_sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteJobStore, _schema, _store
+from cidx_jobs_sqlite import MIGRATIONS, SCHEMA_VERSION, _schema, _statements
 from cidx_jobs_sqlite._schema import ACTIVE_SQL, apply_migrations
 
-from .conftest import OpenStore, make_job, minutes, raw_connect
+from .conftest import OpenStore, make_job, minutes, raw_connect, storage_of
 
 #: What the latest schema must hold, written out by hand (columns: name, declared type,
 #: not null, primary-key position).
@@ -121,7 +121,7 @@ def describe(conn: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
-def test_the_schema_reads_back_as_designed(store: SqliteJobStore, db_path: Path) -> None:
+def test_the_schema_reads_back_as_designed(store: JobPersistence, db_path: Path) -> None:
     with raw_connect(db_path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         for table, columns in EXPECTED_COLUMNS.items():
@@ -158,7 +158,7 @@ def test_the_schema_reads_back_as_designed(store: SqliteJobStore, db_path: Path)
     conn.close()
 
 
-def test_text_stays_text_and_datetimes_are_integers(store: SqliteJobStore, db_path: Path) -> None:
+def test_text_stays_text_and_datetimes_are_integers(store: JobPersistence, db_path: Path) -> None:
     # A column declared JSON or TIMESTAMP would have numeric affinity and turn '12.50'
     # into 12.5; TEXT keeps it.
     store.save_job(make_job("j1", error_message="12.50", phase="007", metadata={"p": "12.50"}))
@@ -313,7 +313,6 @@ def test_a_newer_file_is_refused_by_a_release_that_knows_only_version_1(
     # What the first SQLite backend knew: only migration 1.
     monkeypatch.setattr(_schema, "MIGRATIONS", MIGRATIONS[:1])
     monkeypatch.setattr(_schema, "SCHEMA_VERSION", 1)
-    monkeypatch.setattr(_store, "SCHEMA_VERSION", 1)
     with pytest.raises(SchemaVersionError) as caught:
         open_store()
     message = str(caught.value)
@@ -388,31 +387,43 @@ def plan(conn: sqlite3.Connection, sql: str, params: list[Any]) -> str:
             ),
             "sync_jobs_user_status_created",
         ),
+        (
+            JobFilter(user_id="u", created_after=minutes(0), created_before=minutes(60)),
+            "sync_jobs_user_created",
+        ),
         (JobFilter(statuses={JobStatus.RUNNING}), "sync_jobs_status_created"),
         (JobFilter(), "sync_jobs_created"),
         (JobFilter(created_after=minutes(0)), "sync_jobs_created"),
     ],
 )
+@pytest.mark.parametrize("keyset", [False, True])
 def test_queries_use_the_index_made_for_them(
-    store: SqliteJobStore, filter: JobFilter, index: str
+    store: JobPersistence, filter: JobFilter, index: str, keyset: bool
 ) -> None:
-    statuses = _store._status_values(filter.statuses)
-    sql = _store._select_sql(
+    statuses = _statements.status_values(filter.statuses)
+    sql = _statements.select_sql(
         filter.user_id is not None,
         filter.project_id is not None,
         filter.created_after is not None,
         filter.created_before is not None,
-        False,
+        keyset,
         len(statuses),
     )
     params: list[Any] = [None] * sql.count("?")
-    conn = store._pool.acquire()
+    pool = storage_of(store)._pool
+    conn = pool.acquire()
     try:
         text = plan(conn, sql, params)
     finally:
-        store._pool.release(conn)
+        pool.release(conn)
     assert f"INDEX {index}" in text
     assert "SCAN sync_jobs" not in text.replace(f"SCAN sync_jobs USING INDEX {index}", "")
+    if len(statuses) <= 1:
+        # The index gives the newest-first order: no sort of every match (only of the rows
+        # that tie on created_at, "TEMP B-TREE FOR RIGHT PART OF ORDER BY"). Without its
+        # index a shape sorts a user's, a status's or the whole history on every page:
+        # see "Indexes: what each one costs and buys" in docs/performance.md.
+        assert "TEMP B-TREE FOR ORDER BY" not in text
 
 
 def test_the_active_statuses_in_sql_match_the_models() -> None:
@@ -426,15 +437,19 @@ def test_the_active_statuses_in_sql_match_the_models() -> None:
     [
         # heartbeat(): a search of the owner's active jobs in the small partial index.
         (
-            _store._RENEW_LEASES,
+            _statements.RENEW_LEASES,
             [1, "me"],
             "SEARCH sync_jobs USING INDEX sync_jobs_active_owner (owner_id=?)",
         ),
         # recovery: a scan of the partial index only (active jobs), never of the table.
-        (_store._FIND_STALE, ["me", 1, 500], "SCAN sync_jobs USING INDEX sync_jobs_active_owner"),
+        (
+            _statements.FIND_STALE,
+            ["me", 1, 500],
+            "SCAN sync_jobs USING INDEX sync_jobs_active_owner",
+        ),
         # the compare-and-set: one row by its primary key.
         (
-            _store._TAKE_OVER,
+            _statements.TAKE_OVER,
             ["interrupted", "me", 1, "j", "running", "dead", 0],
             "SEARCH sync_jobs USING INDEX sqlite_autoindex_sync_jobs_1 (id=?)",
         ),
@@ -452,37 +467,40 @@ def test_lease_statements_use_the_index_made_for_them(
         conn.execute("ANALYZE")
     conn.close()
     store = open_store()
-    conn = store._pool.acquire()
+    pool = storage_of(store)._pool
+    conn = pool.acquire()
     try:
         text = plan(conn, sql, params)
     finally:
-        store._pool.release(conn)
+        pool.release(conn)
     assert text == expected
 
 
-def test_cleanup_uses_the_finish_time_index(store: SqliteJobStore) -> None:
+def test_cleanup_uses_the_finish_time_index(store: JobPersistence) -> None:
     where = " OR ".join(["(status = ? AND coalesce(completed_at, created_at) < ?)"] * 2)
     sql = (
         f"DELETE FROM sync_jobs WHERE rowid IN (SELECT rowid FROM sync_jobs WHERE {where} LIMIT ?)"
     )
-    conn = store._pool.acquire()
+    pool = storage_of(store)._pool
+    conn = pool.acquire()
     try:
         text = plan(conn, sql, ["completed", 0, "failed", 0, 10])
     finally:
-        store._pool.release(conn)
+        pool.release(conn)
     assert text.count("USING INDEX sync_jobs_status_finished") == 2
 
 
 @pytest.mark.parametrize("keyset", [False, True])
-def test_a_page_of_every_job_needs_no_sort(store: SqliteJobStore, keyset: bool) -> None:
+def test_a_page_of_every_job_needs_no_sort(store: JobPersistence, keyset: bool) -> None:
     # Schema version 3 put id into sync_jobs_created: newest first (created_at DESC,
     # id DESC) then comes straight from the index, and an offset page skips index entries
     # instead of sorting every skipped row (see 'page 500 by offset' in docs/performance.md).
-    sql = _store._select_sql(False, False, False, False, keyset, 0)
-    conn = store._pool.acquire()
+    sql = _statements.select_sql(False, False, False, False, keyset, 0)
+    pool = storage_of(store)._pool
+    conn = pool.acquire()
     try:
         text = plan(conn, sql, [None] * sql.count("?"))
     finally:
-        store._pool.release(conn)
+        pool.release(conn)
     assert "INDEX sync_jobs_created" in text
     assert "TEMP B-TREE" not in text

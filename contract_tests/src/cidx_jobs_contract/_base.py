@@ -137,8 +137,16 @@ class StoreFixtures:
             )
         workdir = tmp_path / "scratch"
         workdir.mkdir()
+        before = set(backend.inventory(base_config)) if backend.inventory else set()
         with backend.scratch(base_config, workdir) as config:
             yield config
+        if backend.inventory is not None:
+            remaining = sorted(set(backend.inventory(base_config)) - before)
+            if remaining:
+                pytest.fail(
+                    f"the scratch factory of backend {backend.name!r} left {remaining} behind "
+                    "(as its inventory lists them): it must remove every storage it made"
+                )
         left = sorted(path.name for path in workdir.iterdir())
         if left:
             pytest.fail(

@@ -104,6 +104,8 @@ def _probe(url: str) -> tuple[Backend | None, str | None]:
                 open_persistence(config).close()
     except CidxJobsError as error:
         return None, f"{type(error).__name__}: {error}"
+    except Exception as error:  # a third party's scratch factory may fail any way it likes
+        return None, f"the backend's scratch factory failed: {type(error).__name__}: {error}"
     return backend, None
 
 
@@ -115,7 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     :returns: 0 when every test passed, pytest's non-zero exit status otherwise,
         2 when the URL cannot be opened at all.
     """
-    options = _parser().parse_args(argv)
+    parser = _parser()
+    options = parser.parse_args(argv)
+    both = sorted(set(options.enable) & set(options.disable))
+    if both:
+        parser.error(f"--with and --without both name {', '.join(both)}")
     backend, problem = _probe(options.url)
     if backend is None:
         print(f"cannot open {options.url!r}: {problem}", file=sys.stderr)

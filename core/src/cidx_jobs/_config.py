@@ -32,6 +32,9 @@ DEFAULT_MAX_METADATA_BYTES = 1024 * 1024
 DEFAULT_RETENTION = timedelta(days=7)
 # ASCII digits only: int() also takes "1_000" and full-width digits, which no one means.
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_MASKED = r"\1***"
+_SECRET_OPTION = re.compile(r"(?i)([?&](?:password|passwd|sslpassword)=)[^&#]*")
 
 
 @attrs.frozen(kw_only=True)
@@ -163,6 +166,8 @@ class Options:
         try:
             if isinstance(value, bool):
                 raise ValueError
+            if isinstance(value, str) and not _NUMBER.fullmatch(value.strip()):
+                raise ValueError
             number = float(value) if isinstance(value, (int, float, str)) else float("nan")
         except ValueError:
             number = float("nan")
@@ -224,16 +229,18 @@ class Options:
 
 
 def mask_password(url: str | None) -> str | None:
-    """``url`` with the password of its address replaced by ``***``, for logs and reprs."""
+    """``url`` with the password of its address, and any ``password`` option of its query,
+    replaced by ``***``, for logs and reprs."""
     if url is None or "://" not in url:
         return url
     scheme, _, rest = url.partition("://")
-    address, slash, tail = rest.partition("/")
+    ends = [index for index in (rest.find(mark) for mark in "/?#") if index >= 0]
+    end = min(ends, default=len(rest))
+    address, tail = rest[:end], rest[end:]
     credentials, at, host = address.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}{slash}{tail}"
+    if at and ":" in credentials:
+        address = f"{credentials.split(':', 1)[0]}:***@{host}"
+    return f"{scheme}://{address}{_SECRET_OPTION.sub(_MASKED, tail)}"
 
 
 @attrs.frozen(kw_only=True)
@@ -311,6 +318,12 @@ def parse_config(
                 option="url",
             )
         parts = urlsplit(config)
+        if "#" in config:
+            raise ConfigError(
+                "the URL has a fragment ('#...'), which would be dropped; percent-encode a '#' "
+                "in a path or option as %23",
+                option="url",
+            )
         backend = parts.scheme.lower()
         options: dict[str, object] = {}
         try:

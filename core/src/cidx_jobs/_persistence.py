@@ -29,7 +29,7 @@ from ._models import (
 )
 from ._plugins import Hooks
 from .backend import StatusChange, Storage
-from .errors import JobNotFoundError, ValidationError
+from .errors import JobNotFoundError, PluginError, ValidationError
 
 logger = logging.getLogger("cidx_jobs")
 
@@ -312,10 +312,16 @@ class JobPersistence:
         wait long. With ``dry_run``, counts what would go and deletes nothing.
         Fires the ``cidx_jobs_cleanup_done`` event.
 
+        Each batch commits on its own (outside :meth:`transaction`): when a
+        storage error stops a cleanup part-way, the batches before it stay
+        deleted (those jobs had expired anyway) and no event fires; run it again
+        to finish.
+
         :param now: the time to measure retention from; default the store's clock.
         :param retention: a :class:`~datetime.timedelta` overriding the configured retention.
         :raises ValidationError: ``now`` is naive or ``retention`` is not a non-negative timedelta.
-        :raises PluginError: the cleanup policy hook returned no policy.
+        :raises PluginError: the cleanup policy hook returned no policy, or the
+            storage deleted more than a batch's limit at once.
         """
         now = self._now() if now is None else v.to_utc(now, "now")
         if retention is None:
@@ -550,8 +556,14 @@ class JobPersistence:
         jobs = checkpoints = 0
         while True:
             batch_jobs, batch_checkpoints = self._storage.delete_expired(cutoffs, batch_size)
-            if not batch_jobs:
+            if batch_jobs <= 0:  # a DB-API "unknown" row count (-1) must not loop forever
                 return jobs, checkpoints
+            if batch_jobs > batch_size:
+                raise PluginError(
+                    f"the storage {self._storage!r} deleted {batch_jobs} jobs in one cleanup "
+                    f"batch, more than the limit of {batch_size}: its delete_expired() breaks "
+                    "the Storage contract (the batches it deleted stay deleted)"
+                )
             jobs += batch_jobs
             checkpoints += batch_checkpoints
 

@@ -6,6 +6,7 @@ import importlib.metadata
 import logging
 import os
 import sys
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from ._models import (
     RecoveryReport,
     SyncJob,
 )
-from .backend import Backend, BackendFactory, Capability, ScratchFactory
+from .backend import Backend, BackendFactory, Capability, InventoryFactory, ScratchFactory
 from .errors import PluginError
 
 logger = logging.getLogger("cidx_jobs")
@@ -92,10 +93,18 @@ class PluginManager(pluggy.PluginManager):
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> Any | None:
         """Unregister a plugin (pluggy's ``unregister``)."""
+        if name is None and plugin is not None:
+            name = self.get_name(plugin)
         removed = super().unregister(plugin, name)
         self.generation += 1
-        self.distributions.pop(name or "", None)
+        if name is not None:
+            self.distributions.pop(name, None)
         return removed
+
+    def add_hookspecs(self, module_or_class: types.ModuleType | type) -> None:
+        """Add hook specifications (pluggy's ``add_hookspecs``)."""
+        super().add_hookspecs(module_or_class)
+        self.generation += 1
 
     def version_of(self, name: str) -> str | None:
         """``"distribution version"`` of the plugin ``name``, if it came from an entry point."""
@@ -176,9 +185,42 @@ def _load_entrypoints(pm: PluginManager) -> None:
             pm.distributions[name] = dist
 
 
-# One observer, ready to call: its function, how to pick its arguments from the spec's
-# (None: it takes all of them, in order), and its plugin's name for the log.
-_Observer = tuple[Callable[..., object], tuple[int, ...] | None, str]
+_SPEC_NAMES = tuple(name for name in hookspecs.__all__ if name.startswith("cidx_jobs_"))
+
+# One observer, ready to call: its function, how to pick its positional arguments from
+# the spec's (None: it takes all of them, in order), the keyword arguments (a parameter
+# with a default, by name and index, passed where pluggy passes them), and its plugin's
+# name for the log.
+_Observer = tuple[Callable[..., object], tuple[int, ...] | None, tuple[tuple[str, int], ...], str]
+
+
+def _probe_defaulted_arguments() -> bool:
+    # pluggy 1.7 started passing arguments to an implementation's parameters that have
+    # defaults; earlier releases never do. Ask the installed pluggy rather than its version.
+    marker, spec = (
+        pluggy.HookimplMarker("cidx_jobs_probe"),
+        pluggy.HookspecMarker("cidx_jobs_probe"),
+    )
+    seen: list[object] = []
+
+    class Spec:
+        @spec
+        def probe(self, a: object, b: object) -> None:
+            """A hook with two arguments."""
+
+    class Impl:
+        @marker
+        def probe(self, a: object, b: object = None) -> None:
+            seen.append(b)
+
+    pm = pluggy.PluginManager("cidx_jobs_probe")
+    pm.add_hookspecs(Spec)
+    pm.register(Impl())
+    pm.hook.probe(a=1, b=2)
+    return seen == [2]
+
+
+_PASSES_DEFAULTED: bool | None = None
 
 
 class Hooks:
@@ -198,10 +240,12 @@ class Hooks:
     def __init__(self, pm: PluginManager | None = None) -> None:
         if pm is None:
             pm = get_plugin_manager()
-        elif not isinstance(pm, PluginManager):
+        elif not isinstance(pm, PluginManager) or not all(
+            hasattr(pm.hook, name) for name in _SPEC_NAMES
+        ):
             raise PluginError(
-                f"Hooks() needs the plugin manager of cidx_jobs.get_plugin_manager(), "
-                f"got {type(pm).__name__}"
+                "Hooks() needs the plugin manager of cidx_jobs.get_plugin_manager() "
+                f"(with the cidx_jobs hook specifications), got {pm!r}"
             )
         self.pm = pm
         self._generation = -1
@@ -245,6 +289,7 @@ class Hooks:
                 *,
                 capabilities: Iterable[Capability | str] = (),
                 scratch: ScratchFactory | None = None,
+                inventory: InventoryFactory | None = None,
                 _plugin: str = plugin_name,
             ) -> None:
                 if not isinstance(name, str) or not name or not callable(factory):
@@ -252,11 +297,12 @@ class Hooks:
                         f"plugin {_plugin!r} called register({name!r}, {factory!r}); "
                         "expected a non-empty name and a callable factory"
                     )
-                if scratch is not None and not callable(scratch):
-                    raise PluginError(
-                        f"plugin {_plugin!r} registered backend {name!r} with scratch="
-                        f"{scratch!r}; expected a callable or None"
-                    )
+                for label, value in (("scratch", scratch), ("inventory", inventory)):
+                    if value is not None and not callable(value):
+                        raise PluginError(
+                            f"plugin {_plugin!r} registered backend {name!r} with {label}="
+                            f"{value!r}; expected a callable or None"
+                        )
                 if isinstance(capabilities, str):
                     capabilities = (capabilities,)
                 declared = Capability.parse_all(
@@ -274,6 +320,7 @@ class Hooks:
                     factory=factory,
                     capabilities=declared,
                     scratch=scratch,
+                    inventory=inventory,
                 )
 
             impl.function(register)
@@ -368,12 +415,14 @@ class Hooks:
 
     def _observers_of(self, hook_name: str) -> tuple[_Observer, ...]:
         # The observers of an event hook in pluggy's call order, ready to call.
+        global _PASSES_DEFAULTED
         self._current()
         found = self._observers.get(hook_name)
         if found is None:
+            if _PASSES_DEFAULTED is None:
+                _PASSES_DEFAULTED = _probe_defaulted_arguments()
             caller = getattr(self.pm.hook, hook_name)
-            spec = caller.spec
-            names = tuple(spec.argnames) if spec is not None else ()
+            names = tuple(caller.spec.argnames)
             observers: list[_Observer] = []
             # pluggy runs implementations last-registered first (tryfirst ones first,
             # trylast ones last): get_hookimpls() lists them in the reverse of that.
@@ -383,19 +432,25 @@ class Hooks:
                     if tuple(impl.argnames) == names
                     else tuple(names.index(name) for name in impl.argnames)
                 )
-                observers.append((impl.function, picks, impl.plugin_name))
+                keywords = (
+                    tuple((name, names.index(name)) for name in impl.kwargnames if name in names)
+                    if _PASSES_DEFAULTED
+                    else ()
+                )
+                observers.append((impl.function, picks, keywords, impl.plugin_name))
             found = self._observers[hook_name] = tuple(observers)
         return found
 
     def _notify(self, hook_name: str, args: tuple[Any, ...]) -> None:
         # Each observer is called on its own: one that raises is logged and the
         # others still run; the write they observe has already happened.
-        for function, picks, plugin_name in self._observers_of(hook_name):
+        for function, picks, keywords, plugin_name in self._observers_of(hook_name):
             try:
-                if picks is None:
-                    function(*args)
+                positional = args if picks is None else [args[index] for index in picks]
+                if keywords:
+                    function(*positional, **{name: args[index] for name, index in keywords})
                 else:
-                    function(*(args[index] for index in picks))
+                    function(*positional)
             except Exception:
                 logger.error(
                     "observer %s of %s raised; the change itself was stored",

@@ -20,7 +20,7 @@ import abc
 import collections
 import enum
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +57,7 @@ __all__ = [
     "FaultInjector",
     "Health",
     "HealthCheck",
+    "InventoryFactory",
     "Options",
     "RegisterBackend",
     "ScratchFactory",
@@ -208,8 +209,11 @@ class FaultInjector(abc.ABC):
     """
 
     @abc.abstractmethod
-    def fail_next(self, fault: Fault) -> None:
-        """Make the next statement the storage sends (from any thread) fail with ``fault``.
+    def fail_next(self, fault: Fault, *, after: int = 0) -> None:
+        """Make a coming statement the storage sends (from any thread) fail with ``fault``:
+        the next one, or with ``after=N`` the one after the next ``N`` (which succeed).
+        ``BEGIN`` and ``COMMIT`` count as statements, so a test can fault each
+        statement of a call in turn, the commit included.
 
         The failure must enter where a real one would: for
         :attr:`Fault.CONNECTION_LOST` the connection is really dropped; for the
@@ -218,8 +222,12 @@ class FaultInjector(abc.ABC):
         """
 
     @abc.abstractmethod
-    def clear(self) -> None:
-        """Cancel a fault that no statement has met yet."""
+    def clear(self) -> bool:
+        """Cancel a fault that no statement has met yet.
+
+        :returns: whether one was still pending (the calls made since
+            :meth:`fail_next` sent fewer than ``after + 1`` statements).
+        """
 
 
 # -- operator: what the optional operator methods of Storage return ------------------------
@@ -562,6 +570,12 @@ BackendFactory = Callable[[BackendConfig], Storage]
 #: databases), so that a test run leaves nothing behind.
 ScratchFactory = Callable[[StoreConfig | None, Path], AbstractContextManager[StoreConfig]]
 
+#: Lists the storages a backend holds under a base configuration (schemas, databases,
+#: table prefixes: whatever its scratch factory makes), so that the contract suite can
+#: check that each test's scratch storage is gone afterwards. Optional; a backend whose
+#: scratch storages are files in the folder it is given needs none (the suite checks it).
+InventoryFactory = Callable[[StoreConfig | None], Collection[str]]
+
 
 class RegisterBackend(Protocol):
     """The callable a backend provider is handed by ``cidx_jobs_register_backends``."""
@@ -573,12 +587,15 @@ class RegisterBackend(Protocol):
         *,
         capabilities: Iterable[Capability | str] = (),
         scratch: ScratchFactory | None = None,
+        inventory: InventoryFactory | None = None,
     ) -> None:
         """Register the backend ``name`` (the URL scheme that selects it).
 
         :param factory: builds the backend's :class:`Storage` from a :class:`BackendConfig`.
         :param capabilities: the optional behaviour the backend has.
         :param scratch: makes an isolated storage for one test (see :data:`ScratchFactory`).
+        :param inventory: lists the storages under a base configuration (see
+            :data:`InventoryFactory`).
         :raises PluginError: the name is taken by another plugin, or an argument is malformed.
         """
 
@@ -592,6 +609,7 @@ class Backend:
     :ivar factory: builds its storage.
     :ivar capabilities: what it declared.
     :ivar scratch: how to make an isolated storage for one test, or ``None``.
+    :ivar inventory: how to list the storages under a base configuration, or ``None``.
     """
 
     name: str
@@ -599,3 +617,4 @@ class Backend:
     factory: BackendFactory
     capabilities: frozenset[Capability] = frozenset()
     scratch: ScratchFactory | None = None
+    inventory: InventoryFactory | None = None

@@ -12,6 +12,7 @@ import functools
 import logging
 import sqlite3
 import threading
+import time
 
 from cidx_jobs.errors import (
     StorageCorruptError,
@@ -209,7 +210,12 @@ class Connector:
         return self._bare_connect()
 
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
-        retry_busy(functools.partial(conn.execute, "BEGIN IMMEDIATE"), self._busy)
+        retry_busy(
+            functools.partial(conn.execute, "BEGIN IMMEDIATE"),
+            time.monotonic() + self._busy,
+            conn=conn,
+            timeout=self._busy,
+        )
 
     def _setup(self, conn: Connection, *, initial: bool) -> None:
         """Bring a new connection's file up to date (WAL, schema) and remember the file."""
@@ -241,7 +247,10 @@ class Connector:
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         mode = retry_busy(
-            lambda: str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]), self._busy
+            lambda: str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]),
+            time.monotonic() + self._busy,
+            conn=conn,
+            timeout=self._busy,
         )
         if mode.lower() != "wal":
             logger.warning(

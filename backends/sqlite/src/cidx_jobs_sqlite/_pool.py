@@ -78,11 +78,14 @@ class ConnectionPool:
             self._all.add(conn)
             self._idle.append(conn)
 
-    def acquire(self) -> Connection:
+    def acquire(self, deadline: float | None = None) -> Connection:
         """A connection for the calling thread's exclusive use; give it back with :meth:`release`.
 
+        :param deadline: the :func:`time.monotonic` time until which to wait for one (the
+            end of the calling statement's busy timeout); by default the wait timeout from
+            when the wait starts.
         :raises StorageUnavailableError: the pool is closed.
-        :raises StorageBusyError: every connection stayed in use for the wait timeout.
+        :raises StorageBusyError: every connection stayed in use until the deadline.
         :raises StorageError: opening a new connection failed.
         """
         if not self._queue:  # threads are queued: line up behind them instead of barging in
@@ -90,10 +93,9 @@ class ConnectionPool:
                 return self._idle.pop()
             except IndexError:
                 pass
-        return self._acquire_slow()
+        return self._acquire_slow(deadline)
 
-    def _acquire_slow(self) -> Connection:
-        deadline: float | None = None
+    def _acquire_slow(self, deadline: float | None) -> Connection:
         with self._cond:
             self._waiting += 1
             # The waiter's slot in the queue: release() puts a connection in it, first come

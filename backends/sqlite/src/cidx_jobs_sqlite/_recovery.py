@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 
 from cidx_jobs import Checkpoint, JobStatus, SyncJob
-from cidx_jobs.errors import CidxJobsError
+from cidx_jobs.errors import CidxJobsError, StoragePermissionError, StorageUnavailableError
 
 from . import _codec, _statements
 from ._errors import CORRUPT, NOTADB, error_code
@@ -111,15 +111,38 @@ def probe(conn: sqlite3.Connection, level: str) -> str | None:
 @contextlib.contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
     """An exclusive lock that processes opening databases in ``folder`` take to recover,
-    so that two processes never recover one file at once (where flock exists)."""
+    so that two processes never recover one file at once (where flock exists).
+
+    :raises StoragePermissionError: the folder cannot be opened for reading.
+    :raises StorageUnavailableError: the folder cannot be opened or locked otherwise (a
+        file system without locks, say).
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on POSIX
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(folder, os.O_RDONLY)
+    except PermissionError as error:
+        raise StoragePermissionError(
+            f"cannot open the folder {folder} to lock it while recovering a damaged job "
+            f"database: {error.strerror}; grant read permission on the folder"
+        ) from error
+    except OSError as error:
+        raise StorageUnavailableError(
+            f"cannot open the folder {folder} to lock it while recovering a damaged job "
+            f"database: {error.strerror or error}"
+        ) from error
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as error:
+            raise StorageUnavailableError(
+                f"cannot lock the folder {folder} while recovering a damaged job database: "
+                f"{error.strerror or error}. Keep the database on a local file system, which "
+                "supports locks"
+            ) from error
         yield
     finally:
         os.close(fd)

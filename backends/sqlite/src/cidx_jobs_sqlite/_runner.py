@@ -38,6 +38,7 @@ from ._errors import (
     IOERR,
     PROTOCOL,
     READONLY,
+    ConstraintError,
     driver_error,
     error_code,
     is_retryable,
@@ -59,38 +60,67 @@ _T = TypeVar("_T")
 
 def retry_busy(
     attempt: Callable[[], _T],
-    timeout: float,
+    deadline: float,
     *,
     first: sqlite3.Error | None = None,
     retryable: Callable[[sqlite3.Error], bool] = is_retryable,
+    conn: sqlite3.Connection | None = None,
+    timeout: float = 0.0,
 ) -> _T:
-    """``attempt()``, again while it fails because another connection holds a lock, for
-    at most ``timeout`` seconds, with jittered exponential backoff (1 ms to 100 ms).
+    """``attempt()``, again while it fails because another connection holds a lock, until
+    ``deadline`` (a :func:`time.monotonic` time), with jittered exponential backoff (1 ms to
+    100 ms).
 
-    SQLite's own busy handler already waits up to the busy timeout in most cases; this
-    covers the ones it skips (a lock upgrade that would deadlock, a WAL recovery by
-    another connection), which fail at once.
+    The deadline bounds the whole call, not only the retries: SQLite's own busy handler
+    already waits inside an attempt (up to the connection's busy timeout), and the retries
+    cover the cases it skips (a lock upgrade that would deadlock, a WAL recovery by another
+    connection), which fail at once. With ``conn``, each retry runs with that handler
+    limited to the time left (see :func:`limit_wait`), and it is set back to ``timeout``
+    afterwards.
 
-    :param first: the failure of an attempt already made (the waiting starts from it).
+    :param first: the failure of an attempt already made.
     :param retryable: which failures to wait out; by default SQLITE_BUSY and SQLITE_LOCKED.
     :raises sqlite3.Error: the last failure, once it is not retryable or time ran out.
     """
-    deadline: float | None = None
     delay = 0.001
     error = first
-    while True:
-        if error is not None:
-            now = time.monotonic()
-            if deadline is None:
-                deadline = now + timeout
-            if now >= deadline or not retryable(error):
-                raise error
-            time.sleep(min(delay, deadline - now) * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 0.1)
-        try:
-            return attempt()
-        except sqlite3.Error as failed:
-            error = failed
+    limited = False
+    try:
+        while True:
+            if error is not None:
+                now = time.monotonic()
+                if now >= deadline or not retryable(error):
+                    raise error
+                time.sleep(min(delay, deadline - now) * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 0.1)
+                if conn is not None:
+                    limited = True
+                    limit_wait(conn, deadline)
+            try:
+                return attempt()
+            except sqlite3.Error as failed:
+                error = failed
+    finally:
+        if limited:
+            assert conn is not None
+            restore_wait(conn, timeout)
+
+
+def limit_wait(conn: sqlite3.Connection, deadline: float) -> None:
+    """Let SQLite's busy handler on ``conn`` wait only until ``deadline`` (the end of the
+    call's busy timeout), for the next statements; :func:`restore_wait` undoes it.
+
+    :raises sqlite3.Error: the connection is closed.
+    """
+    left = max(0, int((deadline - time.monotonic()) * 1000))
+    conn.execute(f"PRAGMA busy_timeout = {left}")
+
+
+def restore_wait(conn: sqlite3.Connection, timeout: float) -> None:
+    """Set SQLite's busy handler on ``conn`` back to ``timeout`` seconds (a closed
+    connection needs none)."""
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute(f"PRAGMA busy_timeout = {round(timeout * 1000)}")
 
 
 class translating:  # lower case: it reads like a function, ``with translating(path, doing):``
@@ -123,12 +153,12 @@ class translating:  # lower case: it reads like a function, ``with translating(p
 class _ThreadState(threading.local):
     #: The connection of this thread's transaction() block, if one is open.
     conn: Connection | None = None
-    #: Why SQLite rolled back the open block, if it did.
+    #: Why the open block is doomed (a storage failure inside it), if it is.
     aborted: str | None = None
 
 
 def _take_aborted(state: _ThreadState) -> str | None:
-    """Why SQLite rolled back the thread's block (set by a statement inside it), cleared."""
+    """Why the thread's block is doomed (set by a failure inside it), cleared."""
     aborted, state.aborted = state.aborted, None
     return aborted
 
@@ -138,6 +168,12 @@ def _in_transaction(conn: Connection) -> bool:
         return conn.in_transaction
     except sqlite3.ProgrammingError:  # closed: whatever it had open was rolled back
         return False
+
+
+def _is_answer(error: StorageError) -> bool:
+    """Whether a translated failure is an answer the primitive that ran the statement reads
+    (a duplicate id, a checkpoint of no job), rather than a storage failure."""
+    return isinstance(error, ConstraintError) and error.kind != "other"
 
 
 #: The primary result code each injected fault raises (CONNECTION_LOST closes instead).
@@ -155,6 +191,9 @@ class Runner:
     Besides running statements it notices when the path stops naming the file the pool
     opened (the file was removed or replaced), retires connections that failed in a way
     that makes them untrustworthy, and holds each thread's :meth:`transaction`.
+
+    A call waits at most the busy timeout in all, for a pooled connection and for another
+    connection's write lock together.
     """
 
     def __init__(self, pool: ConnectionPool, path: Path, busy_timeout: float) -> None:
@@ -166,41 +205,85 @@ class Runner:
         self._next_check = 0.0
         self._lock = threading.Lock()
         self._reported: set[tuple[int, int] | None] = set()
-        #: The fault the next statement meets (see SqliteFaultInjector), if one is armed.
+        #: The fault a coming statement meets (see SqliteFaultInjector), if one is armed,
+        #: and how many statements pass before it.
         self._fault: Fault | None = None
+        self._fault_after = 0
+        #: How long getting a connection may take before a statement's own lock wait is
+        #: shortened to what is left of the busy timeout: a tenth of it, at most 50 ms (and
+        #: never, for a busy timeout of 0, which SQLite's busy handler already keeps).
+        self._slack = min(0.05, busy_timeout / 10) if busy_timeout > 0 else float("inf")
 
     @property
     def in_transaction(self) -> bool:
         """Whether the calling thread is inside a :meth:`transaction` block."""
         return self._state.conn is not None
 
+    def doom(self, reason: str) -> None:
+        """Doom the calling thread's open block, if it has one: a storage failure happened
+        inside it (the storage calls this for a row it cannot read). The block will not
+        commit: its later statements and its end raise :class:`StorageError`."""
+        state = self._state
+        if state.conn is not None and state.aborted is None:
+            state.aborted = reason
+
     # -- statements --------------------------------------------------------------------------
 
-    def run(
-        self, mode: int, sql: str, params: Sequence[Any], doing: str, *, retry: bool = True
-    ) -> Any:
+    def run(self, mode: int, sql: str, params: Sequence[Any], doing: str) -> Any:
         """Run one statement; what it returns depends on ``mode`` (:data:`ONE`, ...).
 
         Outside a transaction the statement runs on a pooled connection and is atomic on
-        its own; a busy database is waited for (up to the busy timeout) and the statement
-        run again.
+        its own; a busy database is waited for and the statement run again, for at most
+        the busy timeout from the start of the call (the wait for a connection included).
 
         :param doing: what the call does, for the error message ("loading a job").
-        :param retry: ``False`` for one try whose sqlite3 exception is raised as it is
-            (the tries of :func:`retry_busy`).
         :raises StorageError: a subclass for every failure; ConstraintError for a
             broken constraint, which the caller interprets.
         """
         conn = self._state.conn
         if conn is not None:
             return self._run_in_transaction(conn, mode, sql, params, doing)
-        pool = self.pool
-        conn = pool.acquire()
+        started = time.monotonic()
         try:
-            result = self._execute(conn, mode, sql, params)
+            return self._attempt(mode, sql, params, started)
+        except sqlite3.Error as error:
+            with translating(self._path, doing):
+                if not is_retryable(error):
+                    raise
+                # The statement rolled back on its own; run it again once the lock is free.
+                return retry_busy(
+                    functools.partial(self._attempt, mode, sql, params, started, limited=True),
+                    started + self._busy,
+                    first=error,
+                )
+
+    def _attempt(
+        self, mode: int, sql: str, params: Sequence[Any], started: float, *, limited: bool = False
+    ) -> Any:
+        """One try of a statement on a pooled connection (sqlite3's exception is raised as
+        it is), for a call that started at ``started``.
+
+        :param limited: limit SQLite's lock wait to what is left of the busy timeout (a
+            retry); otherwise it is limited only if getting the connection took a while.
+        """
+        pool = self.pool
+        deadline = started + self._busy
+        conn = pool.acquire(deadline)
+        try:
+            if limited or time.monotonic() - started > self._slack:
+                limit_wait(conn, deadline)
+                try:
+                    result = self._execute(conn, mode, sql, params)
+                finally:
+                    restore_wait(conn, self._busy)
+            else:
+                result = self._execute(conn, mode, sql, params)
             if mode >= ROWCOUNT:
                 # The write is committed: make sure it went into the file at the path.
-                stat = os.stat(self._path_str)
+                try:
+                    stat = os.stat(self._path_str)
+                except OSError:  # gone, or a folder of the path is gone or no folder now
+                    self._file_changed()
                 if (stat.st_dev, stat.st_ino) != conn.identity:
                     self._file_changed()
             elif time.monotonic() >= self._next_check:
@@ -208,20 +291,7 @@ class Runner:
                 self._check_file(conn)
         except sqlite3.Error as error:
             self._give_back(conn, error)
-            if not retry:
-                raise
-            with translating(self._path, doing):
-                if not is_retryable(error):
-                    raise
-                # The statement rolled back on its own; run it again once the lock is free.
-                return retry_busy(
-                    functools.partial(self.run, mode, sql, params, doing, retry=False),
-                    self._busy,
-                    first=error,
-                )
-        except FileNotFoundError:
-            pool.release(conn)
-            self._file_changed()
+            raise
         except BaseException:
             pool.release(conn)
             raise
@@ -249,18 +319,20 @@ class Runner:
         state = self._state
         if state.aborted is not None:
             raise StorageError(
-                f"the transaction was rolled back by an earlier error ({state.aborted}); "
-                "nothing of it is stored: leave the transaction() block and retry it"
+                f"an earlier call of this transaction() block failed ({state.aborted}), so "
+                "the block is rolled back and nothing of it is stored: leave the block and "
+                "retry it"
             )
-        with translating(self._path, doing):
-            try:
-                return self._execute(conn, mode, sql, params)
-            except sqlite3.Error as error:
-                if not _in_transaction(conn):
-                    # SQLite rolled the whole transaction back (disk full, I/O error, a
-                    # lost connection): later calls in the block must not run outside it.
-                    state.aborted = str(error)
-                raise
+        try:
+            return self._execute(conn, mode, sql, params)
+        except sqlite3.Error as error:
+            translated = translate(error, self._path, doing)
+            if not _is_answer(translated):
+                # A storage failure dooms the block even if the caller goes on: SQLite may
+                # have rolled it back already (disk full, I/O error, a lost connection), and
+                # if not, committing half of what the caller meant is no better.
+                state.aborted = str(error)
+            raise translated from error
 
     def _give_back(self, conn: Connection, error: sqlite3.Error) -> None:
         """Return ``conn`` to the pool after ``error``, or retire it (and, after an I/O
@@ -316,19 +388,22 @@ class Runner:
         """One connection for the calling thread's block, holding the write lock from its
         start (``BEGIN IMMEDIATE``): commit on a clean exit, roll back on an exception.
 
-        :raises StorageBusyError: the write lock stayed taken for the busy timeout.
-        :raises StorageError: the commit failed, or SQLite rolled the block back by itself
-            (then every later statement in the block raised too); nothing was stored.
+        A storage failure inside the block dooms it, even when the caller caught the error
+        and went on (but not a duplicate id or another answer a primitive reads from a
+        constraint): its later statements and its end raise, and nothing of it is stored.
+
+        :raises StorageBusyError: the write lock (or a pooled connection) stayed taken for
+            the busy timeout.
+        :raises StorageError: the commit failed, or a failure inside the block doomed it;
+            nothing was stored.
         """
         state = self._state
         pool = self.pool
-        conn = pool.acquire()
+        started = time.monotonic()
+        conn = pool.acquire(started + self._busy)
         with translating(self._path, "starting a transaction"):
             try:
-                retry_busy(
-                    functools.partial(self._execute, conn, ROWCOUNT, sql_text.BEGIN, ()),
-                    self._busy,
-                )
+                self._begin(conn, started)
             except sqlite3.Error as error:
                 self._give_back(conn, error)
                 raise
@@ -349,21 +424,50 @@ class Runner:
         if aborted is not None:
             self._rollback(conn)
             raise StorageError(
-                f"the transaction was rolled back by an earlier error ({aborted}); nothing "
-                "of it is stored"
+                f"the transaction was rolled back after a failure inside it ({aborted}); "
+                "nothing of it is stored"
             )
         self._commit(conn)
 
+    def _begin(self, conn: Connection, started: float) -> None:
+        """``BEGIN IMMEDIATE``, waiting for the write lock until the busy timeout (counted
+        from ``started``) runs out."""
+        deadline = started + self._busy
+        begin = functools.partial(self._execute, conn, ROWCOUNT, sql_text.BEGIN, ())
+        limited = time.monotonic() - started > self._slack
+        try:
+            if limited:  # the pool kept the call waiting: less is left for the lock
+                limit_wait(conn, deadline)
+            try:
+                begin()
+            except sqlite3.Error as error:
+                if not is_retryable(error):
+                    raise
+                retry_busy(begin, deadline, first=error, conn=conn, timeout=self._busy)
+        finally:
+            if limited:
+                restore_wait(conn, self._busy)
+
     def _commit(self, conn: Connection) -> None:
+        started = time.monotonic()
+        commit = functools.partial(self._execute, conn, ROWCOUNT, sql_text.COMMIT, ())
         with translating(self._path, "committing a transaction"):
             try:
-                # COMMIT can wait for readers only outside WAL mode; it keeps the
-                # transaction open, so retrying is safe while it is open.
-                retry_busy(
-                    functools.partial(self._execute, conn, ROWCOUNT, sql_text.COMMIT, ()),
-                    self._busy,
-                    retryable=lambda error: is_retryable(error) and _in_transaction(conn),
-                )
+                try:
+                    commit()
+                except sqlite3.Error as error:
+                    # COMMIT can wait for readers only outside WAL mode; it keeps the
+                    # transaction open, so retrying is safe while it is open.
+                    if not (is_retryable(error) and _in_transaction(conn)):
+                        raise
+                    retry_busy(
+                        commit,
+                        started + self._busy,
+                        first=error,
+                        retryable=lambda error: is_retryable(error) and _in_transaction(conn),
+                        conn=conn,
+                        timeout=self._busy,
+                    )
             except sqlite3.Error as error:
                 self._rollback(conn, release=False)
                 self._give_back(conn, error)
@@ -416,16 +520,27 @@ class Runner:
 
     # -- fault injection -----------------------------------------------------------------------
 
-    def arm(self, fault: Fault | None) -> None:
-        """Make the next statement (from any thread) meet ``fault``; ``None`` disarms."""
+    def arm(self, fault: Fault, after: int) -> None:
+        """Make the statement after the next ``after`` ones (from any thread) meet ``fault``."""
         with self._lock:
-            self._fault = fault
+            self._fault, self._fault_after = fault, after
+
+    def disarm(self) -> bool:
+        """Cancel the armed fault; whether one was armed and not met yet."""
+        with self._lock:
+            pending = self._fault is not None
+            self._fault, self._fault_after = None, 0
+        return pending
 
     def _inject(self, conn: Connection) -> None:
         with self._lock:
-            fault, self._fault = self._fault, None
-        if fault is None:  # another thread's statement met it first
-            return
+            fault = self._fault
+            if fault is None:  # another thread's statement met it first
+                return
+            if self._fault_after > 0:  # this statement is one of those that pass
+                self._fault_after -= 1
+                return
+            self._fault = None
         if fault is Fault.CONNECTION_LOST:
             # Really gone: sqlite3 itself refuses the statement ("Cannot operate on a closed
             # database"), and an open transaction went with the connection.
@@ -441,25 +556,29 @@ class Runner:
 class SqliteFaultInjector(FaultInjector):
     """The SQLite backend's fault-injection seam (see :class:`~cidx_jobs.backend.FaultInjector`).
 
-    The next statement the storage sends, from any thread, meets the fault where it
-    reaches sqlite3, before it runs: :attr:`~cidx_jobs.backend.Fault.CONNECTION_LOST`
-    closes that statement's connection (sqlite3 then refuses it, and the pool opens a new
-    connection for later calls); the other faults raise the exception sqlite3 raises for
-    SQLITE_BUSY after the busy timeout, SQLITE_FULL, SQLITE_READONLY and SQLITE_CORRUPT.
-    Inside a ``transaction()`` block, the whole block is rolled back. An injected
-    ``CORRUPT`` never moves the file aside: that happens only for damage found when the
-    store opens.
+    A coming statement the storage sends, from any thread, meets the fault where it reaches
+    sqlite3, before it runs: the next one, or with ``after=N`` the one after the next ``N``
+    (``BEGIN IMMEDIATE`` and ``COMMIT`` count; a ``ROLLBACK`` or a connection's own setup
+    does not). :attr:`~cidx_jobs.backend.Fault.CONNECTION_LOST` closes that statement's
+    connection (sqlite3 then refuses it, and the pool opens a new connection for later
+    calls); the other faults raise the exception sqlite3 raises for SQLITE_BUSY after the
+    busy timeout, SQLITE_FULL, SQLITE_READONLY and SQLITE_CORRUPT. Inside a
+    ``transaction()`` block, the whole block is rolled back. An injected ``CORRUPT`` never
+    moves the file aside: that happens only for damage found when the store opens.
     """
 
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
 
-    def fail_next(self, fault: Fault) -> None:
-        """Make the next statement fail with ``fault`` (replacing one not met yet)."""
+    def fail_next(self, fault: Fault, *, after: int = 0) -> None:
+        """Make the statement after the next ``after`` ones fail with ``fault`` (replacing a
+        fault not met yet)."""
         if not isinstance(fault, Fault):
             raise TypeError(f"fail_next() takes a cidx_jobs.backend.Fault, got {fault!r}")
-        self._runner.arm(fault)
+        if type(after) is not int or after < 0:
+            raise ValueError(f"fail_next() takes after= as an int of 0 or more, got {after!r}")
+        self._runner.arm(fault, after)
 
-    def clear(self) -> None:
-        """Cancel a fault that no statement has met yet."""
-        self._runner.arm(None)
+    def clear(self) -> bool:
+        """Cancel a fault that no statement has met yet; whether there was one."""
+        return self._runner.disarm()

@@ -10,15 +10,22 @@ To change the schema, append a :class:`Migration` with the next version number;
 never edit a released one. A step that rebuilds a table (SQLite's twelve-step
 ``ALTER TABLE`` procedure) sets ``rebuilds_tables`` so that foreign keys are
 switched off around it and checked before the commit.
+
+Every secondary index costs each write that touches it (3 to 10 µs per insert on
+the benchmark machine) and is kept because a query shape needs it: what each one
+costs and what removing it would cost are measured by ``python -m cidx_jobs_bench
+--only indexes`` and shown in docs/performance.md ("Indexes: what each one costs
+and buys"). Measure a new index, or a changed one, the same way before adding it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+
+import attrs
 
 from cidx_jobs.errors import SchemaVersionError, StorageError
 
@@ -98,7 +105,7 @@ _V3 = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@attrs.frozen(kw_only=True)
 class Migration:
     """One forward step of the schema.
 

@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from cidx_jobs import Checkpoint, JobFilter, JobStatus, SyncJob
-from cidx_jobs.backend import BackendConfig, StatusChange, Storage
+from cidx_jobs.backend import BackendConfig, HealthCheck, StatusChange, Storage, StorageInfo
 from cidx_jobs.errors import CidxJobsError, DuplicateJobError, StorageCorruptError, StorageError
-
-from cidx_jobs.backend import HealthCheck, StorageInfo
 
 from . import _codec, _operations
 from . import _statements as sql
@@ -344,8 +342,9 @@ class SqliteStorage(Storage):
         loses an update to another writer. Other threads' writes wait for it.
 
         :raises StorageBusyError: the write lock stayed taken for ``busy_timeout_ms``.
-        :raises StorageError: the commit failed, or SQLite rolled the block back by itself
-            (disk full, an I/O error); nothing of the block was stored.
+        :raises StorageError: the commit failed, or a storage failure inside the block (disk
+            full, an I/O error, an unreadable row) doomed it, even if the caller caught that
+            error; nothing of the block was stored.
         """
         return self._runner.transaction()
 
@@ -412,8 +411,12 @@ class SqliteStorage(Storage):
         return _operations.migrate(self)
 
     def _unreadable(self, row: Any, error: BaseException) -> StorageCorruptError:
-        """A stored row this backend cannot have written (edited by hand, or damaged)."""
+        """A stored row this backend cannot have written (edited by hand, or damaged).
+
+        A storage failure like any other: it dooms the calling thread's open block.
+        """
         where = f" (row {row[0]!r})" if row else ""
+        self._runner.doom(f"an unreadable row{where}: {error!r}")
         return StorageCorruptError(
             f"{self._path} holds a row this backend cannot read{where}: {error!r}. It was "
             "changed outside cidx-jobs or is damaged; fix or delete the row, or restore the "

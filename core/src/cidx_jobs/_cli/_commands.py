@@ -1,0 +1,792 @@
+"""The commands of ``cidx-jobs`` for operators: each takes the parsed arguments and an
+:class:`~._output.Output`, and returns the exit status (0 ok, 1 problems found); a failure
+raises, and :func:`cidx_jobs._cli.main` turns it into one line and a status."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cidx_jobs import serialization
+from cidx_jobs._models import (
+    ACTIVE_STATUSES,
+    JobFilter,
+    JobStatus,
+    SyncJob,
+    utcnow,
+)
+from cidx_jobs._persistence import JobPersistence
+from cidx_jobs.backend import Health, HealthCheck, StorageInfo
+from cidx_jobs.errors import UnsupportedOperationError
+
+from ._output import (
+    Cell,
+    Column,
+    Output,
+    format_age,
+    format_bytes,
+    format_time,
+    health_cell,
+    status_cell,
+)
+from ._progress import BatchReporting
+from ._store import CommandError, backend_name, check_schema, configured_url, open_store
+
+#: Page size when a command pages through jobs (JobFilter's largest).
+PAGE = 1000
+#: The most jobs with an expired lease that ``stats`` and ``doctor`` read.
+STALE_LIMIT = 10_000
+#: The statuses an operator override may leave: never a finished (terminal) job.
+NOT_FINISHED = frozenset(ACTIVE_STATUSES | {JobStatus.INTERRUPTED})
+#: A clock offset from this (seconds) is a warning; from a tenth of the lease timeout, a problem.
+CLOCK_WARNING_SECONDS = 1.0
+
+
+def _open(args: argparse.Namespace, out: Output, *, writes: bool) -> JobPersistence:
+    url = configured_url(args.url)
+    store, _ = open_store(url)
+    try:
+        warning = check_schema(store, writes=writes)
+    except BaseException:
+        store.close()
+        raise
+    if warning is not None:
+        out.warn(warning)
+    return store
+
+
+def _job_json(job: SyncJob) -> dict[str, Any]:
+    return serialization.to_dict(job)
+
+
+def _short(text: str | None, width: int = 40) -> str:
+    if not text:
+        return "-"
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _lease_timeout(args: argparse.Namespace, store: JobPersistence) -> timedelta:
+    seconds = getattr(args, "lease_timeout", None)
+    return store.settings.lease_timeout if seconds is None else timedelta(seconds=seconds)
+
+
+# -- list -----------------------------------------------------------------------------------
+
+
+def _filter(args: argparse.Namespace) -> JobFilter:
+    statuses = None
+    if args.status:
+        statuses = {
+            JobStatus.parse(name.strip(), "--status")
+            for value in args.status
+            for name in value.split(",")
+            if name.strip()
+        }
+    return JobFilter(
+        user_id=args.user,
+        project_id=args.project,
+        statuses=statuses,
+        created_after=args.since,
+        created_before=args.until,
+        limit=PAGE if args.all else min(args.limit, PAGE),
+    )
+
+
+def _pages(store: JobPersistence, filter: JobFilter, limit: int | None) -> Iterator[list[SyncJob]]:
+    """The matching jobs page by page (keyset cursors), at most ``limit`` in all."""
+    seen = 0
+    while True:
+        page = store.query_page(filter)
+        jobs = page.jobs if limit is None else page.jobs[: limit - seen]
+        seen += len(jobs)
+        yield jobs
+        if page.next_cursor is None or (limit is not None and seen >= limit):
+            return
+        filter = filter.next_page(page)
+
+
+_LIST_COLUMNS = (
+    Column("id"),
+    Column("user"),
+    Column("project"),
+    Column("status"),
+    Column("progress", right=True),
+    Column("phase"),
+    Column("created"),
+    Column("finished"),
+    Column("error"),
+)
+
+
+def _list_row(job: SyncJob) -> list[Cell | str]:
+    return [
+        job.id,
+        job.user_id,
+        job.project_id,
+        status_cell(job.status.value),
+        f"{job.progress}%",
+        job.phase or "-",
+        format_time(job.created_at),
+        format_time(job.completed_at),
+        Cell(_short(job.error_message), "red" if job.error_message else None),
+    ]
+
+
+def cmd_list(args: argparse.Namespace, out: Output) -> int:
+    with _open(args, out, writes=False) as store:
+        filter = _filter(args)
+        limit = None if args.all else args.limit
+        total = store.count_jobs(filter) if args.all and out.progress_bars else None
+        rows: list[list[Cell | str]] = []
+        bar = out.progress("reading jobs", total) if args.all else contextlib.nullcontext(None)
+        with bar as advance:
+            for jobs in _pages(store, filter, limit):
+                for job in jobs:
+                    if args.json:
+                        out.json(_job_json(job))
+                    else:
+                        rows.append(_list_row(job))
+                if advance is not None:
+                    advance(len(jobs))
+        if args.json:
+            return 0
+        if not rows:
+            out.line("no jobs match")
+            return 0
+        out.table(_LIST_COLUMNS, rows)
+        if limit is not None and len(rows) == limit:
+            matching = store.count_jobs(filter)
+            if matching > limit:
+                out.line(
+                    f"{limit} of {matching} matching jobs, newest first; "
+                    "--limit N or --all for more",
+                    "dim",
+                )
+    return 0
+
+
+# -- show -----------------------------------------------------------------------------------
+
+
+def _lease_state(job: SyncJob, now: datetime, timeout: timedelta) -> tuple[str, bool | None]:
+    if job.status not in ACTIVE_STATUSES:
+        return "no lease (the job is not active)", None
+    if job.heartbeat_at is None:
+        return "expired (no heartbeat recorded)", True
+    left = job.heartbeat_at + timeout - now
+    if left.total_seconds() <= 0:
+        return f"expired {format_age(-left)} ago (cidx-jobs recover takes it)", True
+    return f"held, {format_age(left)} left", False
+
+
+def cmd_show(args: argparse.Namespace, out: Output) -> int:
+    with _open(args, out, writes=False) as store:
+        job = store.load_job(args.id)
+        if job is None:
+            raise CommandError(f"no job with id {args.id!r}: check the id (cidx-jobs list)")
+        checkpoints = store.list_checkpoints(job.id)
+        resume = store.resume_point(job.id) if job.status is JobStatus.INTERRUPTED else None
+        now = store.settings.clock()
+        timeout = _lease_timeout(args, store)
+        lease, expired = _lease_state(job, now, timeout)
+    if args.json:
+        out.json(
+            {
+                "job": _job_json(job),
+                "lease": {
+                    "owner_id": job.owner_id,
+                    "heartbeat_at": job.heartbeat_at,
+                    "expired": expired,
+                    "lease_timeout_seconds": timeout.total_seconds(),
+                },
+                "checkpoints": [serialization.to_dict(c) for c in checkpoints],
+                "resume_from": None if resume is None else resume.phase,
+            }
+        )
+        return 0
+    out.heading(f"job {job.id}")
+    out.fields(
+        [
+            ("user", job.user_id),
+            ("project", job.project_id),
+            ("status", status_cell(job.status.value)),
+            ("progress", f"{job.progress}%" + (f" ({job.phase})" if job.phase else "")),
+            ("created", format_time(job.created_at)),
+            ("started", format_time(job.started_at)),
+            ("finished", format_time(job.completed_at)),
+            ("error", Cell(job.error_message or "-", "red" if job.error_message else None)),
+            ("metadata", json.dumps(job.metadata, ensure_ascii=False)),
+        ]
+    )
+    out.heading("lease")
+    heartbeat = format_time(job.heartbeat_at)
+    if job.heartbeat_at is not None:
+        heartbeat += f" ({format_age(now - job.heartbeat_at)} ago)"
+    out.fields(
+        [
+            ("owner", job.owner_id or "-"),
+            ("heartbeat", heartbeat),
+            ("state", Cell(lease, "red" if expired else None)),
+        ]
+    )
+    out.heading(f"checkpoints ({len(checkpoints)})")
+    if checkpoints:
+        out.table(
+            (Column("phase"), Column("written"), Column("data")),
+            [
+                [c.phase, format_time(c.created_at), _short(json.dumps(c.data), 60)]
+                for c in checkpoints
+            ],
+            indent=2,
+        )
+    if job.status is JobStatus.INTERRUPTED:
+        where = "the start" if resume is None else f"the {resume.phase!r} checkpoint"
+        out.line(f"resumes from {where}")
+    return 0
+
+
+# -- stats ----------------------------------------------------------------------------------
+
+
+def _oldest_active(store: JobPersistence) -> SyncJob | None:
+    oldest = None
+    for jobs in _pages(store, JobFilter(statuses=ACTIVE_STATUSES, limit=PAGE), None):
+        if jobs:
+            oldest = jobs[-1]
+    return oldest
+
+
+def _stale(store: JobPersistence, timeout: timedelta) -> list[SyncJob]:
+    # A read: find_stale changes nothing; recovery's take_over is what takes a job.
+    before = store.settings.clock() - timeout
+    return store.storage.find_stale(before, store.owner_id, STALE_LIMIT)
+
+
+def _describe(store: JobPersistence) -> StorageInfo | str:
+    try:
+        return store.storage.describe()
+    except UnsupportedOperationError as error:
+        return str(error)
+
+
+def _count_row(status: JobStatus, jobs: int) -> list[Cell | str]:
+    return [status_cell(status.value), str(jobs)]
+
+
+def cmd_stats(args: argparse.Namespace, out: Output) -> int:
+    with _open(args, out, writes=False) as store:
+        counts = {status: store.count_jobs(JobFilter(statuses={status})) for status in JobStatus}
+        total = store.count_jobs()
+        oldest = _oldest_active(store)
+        timeout = _lease_timeout(args, store)
+        stale = _stale(store, timeout)
+        top = store.storage.top_users(args.top)
+        info = _describe(store)
+        now = store.settings.clock()
+    storage: dict[str, Any]
+    if isinstance(info, StorageInfo):
+        storage = {
+            "location": info.location,
+            "size_bytes": info.size_bytes,
+            "schema_version": info.schema_version,
+            "latest_schema_version": info.latest_schema_version,
+            "pending_migrations": list(info.pending_migrations),
+        }
+    else:
+        storage = {"unsupported": info}
+    if args.json:
+        out.json(
+            {
+                "jobs_by_status": {status.value: n for status, n in counts.items()},
+                "total": total,
+                "oldest_active": None if oldest is None else _job_json(oldest),
+                "expired_leases": {
+                    "lease_timeout_seconds": timeout.total_seconds(),
+                    "count": len(stale),
+                    "complete": len(stale) < STALE_LIMIT,
+                    "job_ids": [job.id for job in stale],
+                },
+                "top_users": [{"user_id": user, "jobs": n} for user, n in top],
+                "storage": storage,
+            }
+        )
+        return 0
+    out.heading("jobs by status")
+    out.table(
+        (Column("status"), Column("jobs", right=True)),
+        [
+            *(_count_row(status, n) for status, n in counts.items()),
+            [Cell("total", "bold"), Cell(str(total), "bold")],
+        ],
+        indent=2,
+    )
+    out.line()
+    if oldest is None:
+        oldest_text: Cell | str = "none"
+    else:
+        oldest_text = (
+            f"{oldest.id}: {oldest.status.value} since {format_time(oldest.created_at)} "
+            f"({format_age(now - oldest.created_at)} ago), user {oldest.user_id}"
+        )
+    more = "" if len(stale) < STALE_LIMIT else "+"
+    if stale:
+        ids = ", ".join(job.id for job in stale[:5]) + (", …" if len(stale) > 5 else "")
+        stale_text: Cell | str = Cell(
+            f"{len(stale)}{more} active job(s) silent for over {format_age(timeout)}: {ids} "
+            "(cidx-jobs recover takes them)",
+            "red",
+        )
+    else:
+        stale_text = f"none (lease timeout {format_age(timeout)})"
+    out.fields([("oldest active job", oldest_text), ("expired leases", stale_text)], indent=0)
+    out.line()
+    out.heading(f"top {args.top} users")
+    if top:
+        out.table(
+            (Column("user"), Column("jobs", right=True)),
+            [[user, str(n)] for user, n in top],
+            indent=2,
+        )
+    else:
+        out.line("  none")
+    out.line()
+    out.heading("storage")
+    if isinstance(info, StorageInfo):
+        schema = "-" if info.schema_version is None else str(info.schema_version)
+        if info.latest_schema_version is not None:
+            schema += f" (this release writes {info.latest_schema_version})"
+        out.fields(
+            [
+                ("location", info.location),
+                ("size", format_bytes(info.size_bytes)),
+                ("schema version", schema),
+            ]
+        )
+    else:
+        out.fields([("details", f"not supported by this backend: {info}")])
+    return 0
+
+
+# -- cleanup --------------------------------------------------------------------------------
+
+
+def _cutoff_rows(cutoffs: dict[JobStatus, datetime]) -> list[list[Cell | str]]:
+    return [
+        [status_cell(status.value), format_time(cutoff)]
+        for status, cutoff in sorted(cutoffs.items(), key=lambda item: item[0].value)
+    ]
+
+
+def cmd_cleanup(args: argparse.Namespace, out: Output) -> int:
+    retention = None if args.retention_days is None else timedelta(days=args.retention_days)
+    with _open(args, out, writes=not args.dry_run) as store:
+        now = store.settings.clock()
+        if args.dry_run or out.progress_bars:
+            preview = store.run_cleanup(now, retention=retention, dry_run=True)
+        if args.dry_run:
+            if args.json:
+                out.json(
+                    {
+                        "dry_run": True,
+                        "jobs": preview.jobs_deleted,
+                        "checkpoints": preview.checkpoints_deleted,
+                        "cutoffs": {s.value: c for s, c in preview.cutoffs.items()},
+                    }
+                )
+                return 0
+            out.line(
+                f"dry run: would delete {preview.jobs_deleted} job(s) and "
+                f"{preview.checkpoints_deleted} checkpoint(s), nothing deleted"
+            )
+            if preview.cutoffs:
+                out.line("jobs of these statuses that finished before these times go:")
+                out.table(
+                    (Column("status"), Column("finished before")),
+                    _cutoff_rows(dict(preview.cutoffs)),
+                    indent=2,
+                )
+            return 0
+        total = preview.jobs_deleted if out.progress_bars else None
+        started = time.monotonic()
+        with out.progress("deleting expired jobs", total) as advance:
+            reporting = JobPersistence(
+                BatchReporting(store.storage, advance), hooks=store.hooks, settings=store.settings
+            )
+            report = reporting.run_cleanup(now, retention=retention)
+        seconds = time.monotonic() - started
+    if args.json:
+        out.json(
+            {
+                "dry_run": False,
+                "jobs": report.jobs_deleted,
+                "checkpoints": report.checkpoints_deleted,
+                "seconds": round(seconds, 3),
+                "cutoffs": {s.value: c for s, c in report.cutoffs.items()},
+            }
+        )
+        return 0
+    out.line(
+        f"deleted {report.jobs_deleted} job(s) and {report.checkpoints_deleted} "
+        f"checkpoint(s) in {seconds:.2f} s"
+    )
+    return 0
+
+
+# -- recover --------------------------------------------------------------------------------
+
+
+def cmd_recover(args: argparse.Namespace, out: Output) -> int:
+    with _open(args, out, writes=True) as store:
+        timeout = _lease_timeout(args, store)
+        report = store.recover_interrupted_jobs(lease_timeout=timeout)
+        owner = store.owner_id
+    if args.json:
+        out.json(
+            {
+                "lease_timeout_seconds": timeout.total_seconds(),
+                "owner_id": owner,
+                "interrupted": [
+                    {
+                        "job": _job_json(point.job),
+                        "resume_from": None if point.checkpoint is None else point.checkpoint.phase,
+                    }
+                    for point in report.interrupted
+                ],
+                "requeue": [_job_json(job) for job in report.requeue],
+            }
+        )
+        return 0
+    taken = len(report.interrupted) + len(report.requeue)
+    if not taken:
+        out.line(f"nothing to recover: no active job is silent for over {format_age(timeout)}")
+        return 0
+    rows: list[list[Cell | str]] = []
+    for point in report.interrupted:
+        resume = "start" if point.checkpoint is None else point.checkpoint.phase
+        rows.append(
+            [point.job.id, point.job.user_id, "running", status_cell("interrupted"), resume]
+        )
+    for job in report.requeue:
+        rows.append([job.id, job.user_id, job.status.value, status_cell(job.status.value), "-"])
+    out.line(f"took over {taken} job(s) whose owner was silent for over {format_age(timeout)}:")
+    out.table(
+        (Column("id"), Column("user"), Column("was"), Column("now"), Column("resume from")),
+        rows,
+        indent=2,
+    )
+    if report.interrupted:
+        out.line(
+            "interrupted jobs wait for a worker to resume them "
+            "(update_job_status(id, 'running', expected='interrupted'))"
+        )
+    if report.requeue:
+        out.line(
+            f"pending and queued jobs are now held by {owner}; a server's recovery re-queues "
+            f"them once that lease runs out ({format_age(timeout)})"
+        )
+    return 0
+
+
+# -- cancel and fail ------------------------------------------------------------------------
+
+
+def _override(args: argparse.Namespace, out: Output, status: JobStatus) -> int:
+    with _open(args, out, writes=True) as store:
+        before = store.load_job(args.id)
+        if before is None:
+            raise CommandError(f"no job with id {args.id!r}: check the id (cidx-jobs list)")
+        # Compare-and-set: a job that finished meanwhile is never reopened or rewritten.
+        changed = store.update_job_status(
+            args.id, status, error_message=args.reason, expected=NOT_FINISHED
+        )
+        after = store.load_job(args.id)
+    current = after.status if after is not None else before.status
+    if args.json:
+        out.json(
+            {
+                "job_id": args.id,
+                "changed": changed,
+                "previous_status": before.status.value,
+                "status": current.value,
+            }
+        )
+    elif changed:
+        out.line(f"job {args.id}: {before.status.value} -> {status.value}")
+        if before.status is JobStatus.RUNNING:
+            out.line(
+                f"its worker ({before.owner_id or 'unknown owner'}) is not told; it should "
+                "check the status before it writes again"
+            )
+    if not changed:
+        if not args.json:
+            out.error(
+                f"job {args.id} is {current.value}, which is finished: it was not changed "
+                f"(only {', '.join(sorted(s.value for s in NOT_FINISHED))} jobs can be "
+                f"marked {status.value})"
+            )
+        return 1
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, out: Output) -> int:
+    return _override(args, out, JobStatus.CANCELLED)
+
+
+def cmd_fail(args: argparse.Namespace, out: Output) -> int:
+    return _override(args, out, JobStatus.FAILED)
+
+
+# -- migrate --------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace, out: Output) -> int:
+    url = configured_url(args.url)
+    backend = backend_name(url)
+    store, without_migrating = open_store(url)
+    with store:
+        try:
+            info = store.storage.describe()
+        except UnsupportedOperationError:
+            info = None
+        if info is None or info.schema_version is None:
+            message = f"the {backend} backend has no versioned schema: nothing to migrate"
+            if args.json:
+                out.json({"schema_version": None, "pending": [], "migrated": False})
+            else:
+                out.line(message)
+            return 0
+        if not without_migrating and args.check:
+            raise CommandError(
+                f"the {backend} backend cannot be opened without migrating (it does not take "
+                "the option migrate=false), so migrate --check cannot look without changing it",
+                status=2,
+            )
+        before = info.schema_version
+        pending = list(info.pending_migrations)
+        if args.check:
+            if args.json:
+                out.json(
+                    {
+                        "schema_version": before,
+                        "latest_schema_version": info.latest_schema_version,
+                        "pending": pending,
+                    }
+                )
+            elif pending:
+                out.line(
+                    f"{info.location}: schema version {before}, this release writes "
+                    f"{info.latest_schema_version}; `cidx-jobs migrate` would apply:"
+                )
+                for step in pending:
+                    out.line(f"  {step}")
+            else:
+                out.line(f"{info.location}: schema version {before}, up to date")
+            return 1 if pending else 0
+        if without_migrating:
+            with out.activity("migrating"):
+                before, after = store.storage.migrate()
+        else:
+            after = before  # the backend migrated when it opened
+    if args.json:
+        out.json(
+            {
+                "schema_version": after,
+                "previous_schema_version": before,
+                "migrated": after != before,
+                "applied": pending if after != before else [],
+            }
+        )
+    elif after != before:
+        out.line(f"{info.location}: migrated from schema version {before} to {after}")
+        for step in pending:
+            out.line(f"  applied {step}")
+    else:
+        out.line(f"{info.location}: schema version {after}, already up to date")
+    return 0
+
+
+# -- doctor ---------------------------------------------------------------------------------
+
+
+def _schema_check(info: StorageInfo | str) -> HealthCheck:
+    if not isinstance(info, StorageInfo) or info.schema_version is None:
+        return HealthCheck(name="schema", health=Health.OK, summary="no versioned schema")
+    if info.latest_schema_version is None or info.schema_version >= info.latest_schema_version:
+        return HealthCheck(
+            name="schema",
+            health=Health.OK,
+            summary=f"schema version {info.schema_version}, up to date",
+            data={"schema_version": info.schema_version},
+        )
+    return HealthCheck(
+        name="schema",
+        health=Health.PROBLEM,
+        summary=(
+            f"schema version {info.schema_version}; this release writes "
+            f"{info.latest_schema_version}"
+        ),
+        advice="upgrade every server to this release, then run cidx-jobs migrate",
+        data={"schema_version": info.schema_version, "pending": list(info.pending_migrations)},
+    )
+
+
+def _lease_check(store: JobPersistence, timeout: timedelta) -> HealthCheck:
+    stale = _stale(store, timeout)
+    if not stale:
+        return HealthCheck(
+            name="leases",
+            health=Health.OK,
+            summary=f"no active job is silent for over {format_age(timeout)}",
+        )
+    running = [job for job in stale if job.status is JobStatus.RUNNING]
+    ids = ", ".join(job.id for job in stale[:5]) + (", …" if len(stale) > 5 else "")
+    more = "+" if len(stale) >= STALE_LIMIT else ""
+    return HealthCheck(
+        name="leases",
+        health=Health.PROBLEM,
+        summary=(
+            f"{len(stale)}{more} active job(s) ({len(running)} running) whose owner has been "
+            f"silent for over {format_age(timeout)}: {ids}"
+        ),
+        advice=(
+            "run cidx-jobs recover (a restarting server does it too); if their worker is alive, "
+            "make it call store.heartbeat() more often than the lease timeout"
+        ),
+        data={"job_ids": [job.id for job in stale], "running": len(running)},
+    )
+
+
+def _clock_check(store: JobPersistence, timeout: timedelta) -> HealthCheck:
+    try:
+        sent = utcnow()
+        server = store.storage.server_time()
+        received = utcnow()
+    except UnsupportedOperationError:
+        return HealthCheck(
+            name="clock",
+            health=Health.OK,
+            summary="no database server: the embedded database uses this host's clock",
+        )
+    trip = received - sent
+    offset = (server - (sent + trip / 2)).total_seconds()
+    data = {"offset_seconds": offset, "round_trip_seconds": trip.total_seconds()}
+    summary = (
+        f"the database server's clock is {abs(offset):.3f} s "
+        f"{'ahead of' if offset > 0 else 'behind'} this host's "
+        f"(±{trip.total_seconds() / 2:.3f} s)"
+    )
+    if abs(offset) < CLOCK_WARNING_SECONDS:
+        return HealthCheck(name="clock", health=Health.OK, summary=summary, data=data)
+    problem = abs(offset) >= timeout.total_seconds() / 10
+    return HealthCheck(
+        name="clock",
+        health=Health.PROBLEM if problem else Health.WARNING,
+        summary=summary,
+        advice=(
+            "synchronise the clocks of the servers and the database host (chrony or "
+            "systemd-timesyncd); leases compare times that different hosts wrote"
+        ),
+        data=data,
+    )
+
+
+def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
+    backend = backend_name(configured_url(args.url))
+    with _open(args, out, writes=False) as store:
+        timeout = _lease_timeout(args, store)
+        checks = [_schema_check(_describe(store))]
+        try:
+            with out.activity("checking the database"):
+                checks.extend(store.storage.check_health(thorough=args.full))
+        except UnsupportedOperationError:
+            checks.append(
+                HealthCheck(
+                    name="storage",
+                    health=Health.OK,
+                    summary=f"the {backend} backend has no self-check",
+                )
+            )
+        checks.append(_lease_check(store, timeout))
+        checks.append(_clock_check(store, timeout))
+    problems = [c for c in checks if c.health is Health.PROBLEM]
+    if args.json:
+        out.json(
+            {
+                "ok": not problems,
+                "checks": [
+                    {
+                        "name": c.name,
+                        "health": c.health.value,
+                        "summary": c.summary,
+                        "advice": c.advice,
+                        "data": dict(c.data),
+                    }
+                    for c in checks
+                ],
+            }
+        )
+        return 1 if problems else 0
+    out.table(
+        (Column("check"), Column("health"), Column("finding")),
+        [[c.name, health_cell(c.health.value), c.summary] for c in checks],
+    )
+    todo = [c for c in checks if c.health is not Health.OK and c.advice]
+    if todo:
+        out.line()
+        out.heading("what to do")
+        for c in todo:
+            out.line(f"  {c.name}: {c.advice}", HEALTH_STYLE_OF.get(c.health))
+    out.line()
+    warnings = sum(c.health is Health.WARNING for c in checks)
+    if problems:
+        out.line(f"{len(problems)} problem(s), {warnings} warning(s)", "bold red")
+        return 1
+    out.line(f"no problems, {warnings} warning(s)", "green")
+    return 0
+
+
+HEALTH_STYLE_OF = {Health.WARNING: "yellow", Health.PROBLEM: "red"}
+
+
+# -- backup ---------------------------------------------------------------------------------
+
+
+def cmd_backup(args: argparse.Namespace, out: Output) -> int:
+    backend = backend_name(configured_url(args.url))
+    target = Path(args.dest).expanduser()
+    if target.is_dir():
+        target = target / f"jobs-{utcnow().strftime('%Y%m%dT%H%M%SZ')}.db"
+    if target.exists() and not args.force:
+        raise CommandError(
+            f"{target} exists: choose another name, or pass --force to replace it", status=2
+        )
+    with _open(args, out, writes=False) as store:
+        started = time.monotonic()
+        try:
+            with out.activity(f"backing up to {target}"):
+                store.storage.backup(target.absolute())
+        except UnsupportedOperationError as error:
+            raise CommandError(str(error), status=2) from None
+        seconds = time.monotonic() - started
+        info = _describe(store)
+    size = target.stat().st_size if target.is_file() else None
+    source = info.location if isinstance(info, StorageInfo) else f"the {backend} store"
+    if args.json:
+        out.json(
+            {
+                "source": source,
+                "target": str(target.absolute()),
+                "bytes": size,
+                "seconds": round(seconds, 3),
+            }
+        )
+        return 0
+    out.line(f"backed up {source} to {target} ({format_bytes(size)}, {seconds:.2f} s)")
+    return 0
