@@ -74,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", nargs="+", choices=SECTIONS, metavar="SECTION", default=[])
     p.add_argument("--no-peers", action="store_true", help="skip the peer job stores")
     p.add_argument("--ops", type=_size, help="timed calls per single-row operation")
+    p.add_argument(
+        "--index-ops", type=_size, help="timed calls per write and schema (indexes section)"
+    )
     p.add_argument("--rounds", type=int, help="interleaved rounds")
     p.add_argument("--users", type=_size, help="users in the query databases (default 1000)")
     p.add_argument("--large-cleanup", type=_size, help="expired jobs in the racing cleanup")
@@ -107,6 +110,7 @@ def settings_from(args: argparse.Namespace, work_dir: Path) -> Settings:
         changes["size_jobs"] = tuple(sorted({s for group in args.size_jobs for s in group}))
     for name in (
         "ops",
+        "index_ops",
         "rounds",
         "users",
         "large_cleanup",
@@ -133,6 +137,16 @@ def _version(name: str) -> str | None:
         return None
 
 
+def _plugins() -> dict[str, str | None]:
+    """The entry points of the ``cidx_jobs`` group (the plugins ``open_persistence`` loads):
+    name -> the distribution and its version."""
+    found: dict[str, str | None] = {}
+    for entry_point in importlib.metadata.entry_points(group="cidx_jobs"):
+        dist = entry_point.dist
+        found[entry_point.name] = f"{dist.name} {dist.version}" if dist is not None else None
+    return found
+
+
 def meta(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
     """What a reader needs to reproduce the run."""
     return {
@@ -155,6 +169,9 @@ def meta(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
                 "SQLAlchemy",
             )
         },
+        # Every plugin open_persistence() loads: a third-party observer (metrics, say)
+        # runs on every event of the timed calls and shows in the sqlite figures.
+        "plugins": _plugins(),
         "settings": {
             key: str(value) if isinstance(value, Path) else value
             for key, value in dataclasses.asdict(settings).items()
@@ -163,13 +180,14 @@ def meta(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
 
 
 def _runners() -> dict[str, Callable[[Settings, Report], None]]:
-    from . import _check, _cleanup, _concurrency, _ops, _peers, _query, _size
+    from . import _check, _cleanup, _concurrency, _indexes, _ops, _peers, _query, _size
 
     return {
         "check": _check.run,
         "ops": _ops.run,
         "query": _query.run,
         "cleanup": _cleanup.run,
+        "indexes": _indexes.run,
         "large-cleanup": _cleanup.run_large,
         "size": _size.run,
         "concurrency": _concurrency.run,
@@ -214,9 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(args, work_dir)
         report = run(settings, argv)
     print(report.markdown(), end="")
+    load = report.meta["load_average"]
+    loaded = ", ".join(report.meta["plugins"]) or "none"
     print(
         f"\n_{report.meta['command']} — Python {report.meta['python']}, SQLite "
-        f"{report.meta['sqlite']}, {report.meta['cpus']} CPUs, {report.meta['seconds']} s._"
+        f"{report.meta['sqlite']}, {report.meta['cpus']} CPUs, {report.meta['seconds']} s"
+        + (f", load average {' '.join(f'{x:.2f}' for x in load)} at the start" if load else "")
+        + f"; plugins: {loaded}._"
     )
     if args.json is not None:
         report.write_json(args.json)

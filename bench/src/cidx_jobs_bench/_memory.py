@@ -23,7 +23,7 @@ def fill(store: JobPersistence, rows: Iterable[tuple[Any, ...]]) -> int:
     (setup, not measured: validation would only slow it down). Returns the count."""
     count = 0
     for row in sorted(rows, key=lambda row: (row[CREATED_AT], row[ID])):
-        store._insert_job(_codec.decode_job(row), row[METADATA])
+        store.storage.insert_job(_codec.decode_job(row), row[METADATA])
         count += 1
     return count
 
@@ -31,7 +31,7 @@ def fill(store: JobPersistence, rows: Iterable[tuple[Any, ...]]) -> int:
 def fill_checkpoints(store: JobPersistence, rows: Iterable[tuple[str, str, str, int]]) -> None:
     """Insert checkpoint rows (job_id, phase, data, created_at) through the primitive."""
     for job_id, phase, data, created_us in rows:
-        store._upsert_checkpoint(checkpoint_of(job_id, phase, data, created_us), data)
+        store.storage.upsert_checkpoint(checkpoint_of(job_id, phase, data, created_us), data)
 
 
 def from_db(path: Path) -> JobPersistence:

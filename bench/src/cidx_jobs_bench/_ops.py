@@ -4,11 +4,14 @@ Contenders, each on its own copy of the same base database:
 
 * ``sqlite``: the public API of the SQLite backend, opened with ``open_persistence``;
 * ``memory``: the public API of the memory backend, holding the same jobs;
-* ``sqlite primitive``: the backend's storage primitive (``_insert_job`` ...), without
+* ``sqlite primitive``: the backend's storage, ``store.storage.insert_job`` ..., without
   core's validation, encoding, policy hooks and events: a diagnostic that splits our
   overhead between core and backend;
 * ``floor``: raw ``sqlite3`` executing the backend's statement with values bound, in
-  autocommit (so the statement commits), fetching tuples.
+  autocommit (so the statement commits), fetching tuples;
+* ``floor (story schema)``, for ``save_job`` only: the floor's INSERT into the same database
+  rebuilt with only the two indexes of issue 14's story schema (``(user_id, status,
+  created_at)`` and ``(created_at)``): the baseline the backend's schema is measured against.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from typing import Any
 
 from cidx_jobs import Checkpoint, JobPersistence, JobStatus, SyncJob
 
-from . import _data, _memory, _report, _sqlite
+from . import _data, _indexes, _memory, _report, _sqlite
 from ._report import Report
 from ._settings import Settings
 from ._timing import Call, Samples, interleave
 
 SQLITE, MEMORY, PRIMITIVE, FLOOR = "sqlite", "memory", "sqlite primitive", "floor"
+STORY_FLOOR = "floor (story schema)"
 HEADERS = [
     "operation",
     "contender",
@@ -98,9 +102,13 @@ def run(settings: Settings, report: Report) -> None:
         name: _sqlite.copy_db(base, settings.work_dir / f"ops-{i}.db")
         for i, name in enumerate((SQLITE, PRIMITIVE, FLOOR))
     }
+    paths[STORY_FLOOR] = _sqlite.copy_db(
+        _indexes.story_db(settings, base), settings.work_dir / "ops-story.db"
+    )
     store = _sqlite.open_store(paths[SQLITE])
     primitive = _sqlite.open_store(paths[PRIMITIVE])
     raw = _sqlite.raw_connect(paths[FLOOR])
+    raw_story = _sqlite.raw_connect(paths[STORY_FLOOR])
     memory = _memory.from_db(base)
     section = report.section(
         "ops",
@@ -109,12 +117,13 @@ def run(settings: Settings, report: Report) -> None:
         HEADERS,
     )
     try:
-        _measure(settings, section, store, memory, primitive, raw)
+        _measure(settings, section, store, memory, primitive, raw, raw_story)
     finally:
         store.close()
         primitive.close()
         memory.close()
         raw.close()
+        raw_story.close()
         for path in paths.values():
             _sqlite.remove_db(path)
     section.notes.append(
@@ -125,8 +134,18 @@ def run(settings: Settings, report: Report) -> None:
         "floor: raw sqlite3 running the backend's own statement, values bound, autocommit. "
         "sqlite primitive: the backend's storage method without core's validation, "
         "encoding, hooks and events (diagnostic). round spread: (max - min) of the "
-        f"{settings.rounds} rounds' medians / the median: the machine's noise."
+        f"{settings.rounds} rounds' medians / the median: the machine's noise. "
+        "floor (story schema): the floor's INSERT into the same jobs with only the two "
+        "indexes of issue 14's story schema, (user_id, status, created_at) and (created_at); "
+        "its x floor is its median / the floor's."
     )
+    story = [row for row in section.data if "ratio_to_story_floor" in row]
+    if story:
+        section.notes.append(
+            "save_job against the story schema's floor: "
+            + ", ".join(f"{row['contender']} {row['ratio_to_story_floor']:.2f}x" for row in story)
+            + "."
+        )
 
 
 def _measure(
@@ -136,6 +155,7 @@ def _measure(
     memory: JobPersistence,
     primitive: JobPersistence,
     raw: Any,
+    raw_story: Any,
 ) -> None:
     n = settings.ops
     rounds = settings.rounds
@@ -154,7 +174,13 @@ def _measure(
     now_us = _data.NOW_US
 
     def calls(**by_name: Sequence[Call]) -> dict[str, Sequence[Call]]:
-        names = {"sqlite": SQLITE, "memory": MEMORY, "primitive": PRIMITIVE, "floor": FLOOR}
+        names = {
+            "sqlite": SQLITE,
+            "memory": MEMORY,
+            "primitive": PRIMITIVE,
+            "floor": FLOOR,
+            "story": STORY_FLOOR,
+        }
         return {names[key]: value for key, value in by_name.items()}
 
     def bind(fn: Callable[..., object], *args: Any) -> Call:
@@ -162,22 +188,29 @@ def _measure(
 
     # save
     insert = _sqlite.INSERT_JOB
-    add_rows(
-        section,
-        "save_job",
-        interleave(
-            calls(
-                sqlite=[bind(store.save_job, job) for job in jobs],
-                memory=[bind(memory.save_job, job) for job in jobs],
-                primitive=[
-                    bind(primitive._insert_job, job, text)
-                    for job, text in zip(leased, metadata, strict=True)
-                ],
-                floor=[bind(raw.execute, insert, params) for params in job_params],
-            ),
-            rounds,
+    saves = interleave(
+        calls(
+            sqlite=[bind(store.save_job, job) for job in jobs],
+            memory=[bind(memory.save_job, job) for job in jobs],
+            primitive=[
+                bind(primitive.storage.insert_job, job, text)
+                for job, text in zip(leased, metadata, strict=True)
+            ],
+            floor=[bind(raw.execute, insert, params) for params in job_params],
+            story=[bind(raw_story.execute, insert, params) for params in job_params],
         ),
+        rounds,
     )
+    add_rows(section, "save_job", saves)
+    story_median = saves[STORY_FLOOR].median_us()
+    for row in section.data:
+        if row["operation"] == "save_job" and row["contender"] in (SQLITE, FLOOR):
+            row["ratio_to_story_floor"] = row["median_us"] / story_median
+            row["cpu_ratio_to_story_floor"] = (
+                row["cpu_us"] / saves[STORY_FLOOR].cpu_us()
+                if row["cpu_us"] is not None and saves[STORY_FLOOR].cpu_us()
+                else None
+            )
 
     # load
     select = _sqlite.SELECT_JOB
@@ -192,7 +225,7 @@ def _measure(
             calls(
                 sqlite=[bind(store.load_job, i) for i in shuffled],
                 memory=[bind(memory.load_job, i) for i in shuffled],
-                primitive=[bind(primitive._get_job, i) for i in shuffled],
+                primitive=[bind(primitive.storage.get_job, i) for i in shuffled],
                 floor=[bind(raw_load, i) for i in shuffled],
             ),
             rounds,
@@ -210,7 +243,7 @@ def _measure(
             calls(
                 sqlite=[bind(store.update_job_status, i, running) for i in shuffled],
                 memory=[bind(memory.update_job_status, i, running) for i in shuffled],
-                primitive=[bind(primitive._set_status, i, change) for i in shuffled],
+                primitive=[bind(primitive.storage.set_status, i, change) for i in shuffled],
                 floor=[
                     bind(raw.execute, status_sql, _sqlite.status_params(running, now_us, i, owner))
                     for i in shuffled
@@ -229,7 +262,9 @@ def _measure(
             calls(
                 sqlite=[bind(store.update_job_progress, i, 40, "indexing") for i in shuffled],
                 memory=[bind(memory.update_job_progress, i, 40, "indexing") for i in shuffled],
-                primitive=[bind(primitive._set_progress, i, 40, "indexing") for i in shuffled],
+                primitive=[
+                    bind(primitive.storage.set_progress, i, 40, "indexing") for i in shuffled
+                ],
                 floor=[bind(raw.execute, progress_sql, (40, "indexing", i)) for i in shuffled],
             ),
             rounds,
@@ -254,7 +289,9 @@ def _measure(
                 memory=[
                     bind(memory.save_checkpoint, i, "indexing", CHECKPOINT_DATA) for i in shuffled
                 ],
-                primitive=[bind(primitive._upsert_checkpoint, c, data_json) for c in checkpoints],
+                primitive=[
+                    bind(primitive.storage.upsert_checkpoint, c, data_json) for c in checkpoints
+                ],
                 floor=[
                     bind(raw.execute, upsert, (i, "indexing", data_json, now_us)) for i in shuffled
                 ],
@@ -278,7 +315,9 @@ def _measure(
             calls(
                 sqlite=[bind(store.load_checkpoint, i, "indexing") for i in again],
                 memory=[bind(memory.load_checkpoint, i, "indexing") for i in again],
-                primitive=[bind(primitive._get_checkpoint_data, i, "indexing") for i in again],
+                primitive=[
+                    bind(primitive.storage.get_checkpoint_data, i, "indexing") for i in again
+                ],
                 floor=[bind(raw_checkpoint, i) for i in again],
             ),
             rounds,

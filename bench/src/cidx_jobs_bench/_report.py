@@ -110,7 +110,7 @@ class Report:
         """The whole report as markdown."""
         parts = [section.markdown() for section in self.sections]
         if self.targets:
-            lines = ["### Targets (issue 5)", "", "| target | goal | measured | met |"]
+            lines = ["### Targets (issues 5 and 14)", "", "| target | goal | measured | met |"]
             lines.append("| --- | --- | --- | --- |")
             for target in self.targets:
                 met = NA if target.met is None else ("yes" if target.met else "**no**")

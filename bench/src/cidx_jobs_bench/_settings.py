@@ -9,7 +9,17 @@ import time
 from pathlib import Path
 
 #: The sections a run can measure, in the order they run.
-SECTIONS = ("check", "ops", "query", "cleanup", "large-cleanup", "size", "concurrency", "peers")
+SECTIONS = (
+    "check",
+    "ops",
+    "query",
+    "cleanup",
+    "indexes",
+    "large-cleanup",
+    "size",
+    "concurrency",
+    "peers",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +48,12 @@ class Settings:
         figure; larger counts are bulk-inserted with the backend's SQL (the smaller counts
         show that both give the same file).
     :ivar large_cleanup_floor: also run the racing cleanup on the floor.
+    :ivar index_ops: timed calls per write and schema in the indexes section.
+    :ivar index_budget: seconds of timed calls per query shape and index in the indexes
+        section (the calls of a slow shape are fewer, down to ``index_min_reps``).
+    :ivar index_min_reps: the fewest timed calls per query shape and contender there.
+    :ivar index_max_reps: the most timed calls per query shape and contender there.
+    :ivar index_db_size: the database the indexes section reads (None: the largest size).
     :ivar sections: which sections to run.
     :ivar cache_dir: where built databases are kept between runs.
     :ivar work_dir: where the run's scratch databases go (removed afterwards).
@@ -66,6 +82,11 @@ class Settings:
     cache_dir: Path
     work_dir: Path
     pool_size: int | None = None
+    index_ops: int = 5000
+    index_budget: float = 0.5
+    index_min_reps: int = 3
+    index_max_reps: int = 300
+    index_db_size: int | None = None
 
     def log(self, message: str) -> None:
         """Progress for the person waiting, on stderr (stdout carries the table)."""
@@ -111,6 +132,10 @@ def defaults(*, quick: bool, cache_dir: Path, work_dir: Path) -> Settings:
             memory_max_jobs=10_000,
             size_api_max=2_000,
             large_cleanup_floor=False,
+            index_ops=500,
+            index_budget=0.25,
+            index_min_reps=3,
+            index_max_reps=60,
             sections=SECTIONS,
             cache_dir=cache_dir,
             work_dir=work_dir,

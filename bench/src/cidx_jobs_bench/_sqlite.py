@@ -1,9 +1,8 @@
 """The raw-sqlite3 floor, the SQL it shares with the backend, and cached databases.
 
 "Same SQL": every statement the floor runs is imported from the backend's modules
-(``cidx_jobs_sqlite._codec``, ``._store``, ``._schema``: private, but this is the same
-repository). The one statement the backend builds inline (the cleanup's batched
-DELETE, in ``SqliteJobStore._delete_finished``) is rebuilt here by :func:`delete_batch_sql`;
+(``cidx_jobs_sqlite._statements``, ``._connection``, ``._codec``, ``._schema``: private,
+but this is the same repository), the cleanup's batched DELETE included;
 :mod:`._check` runs every operation once on a traced connection and compares what the
 backend executed with what the floor executes, so a drift shows in the report.
 """
@@ -23,7 +22,14 @@ from typing import Any
 import attrs
 
 from cidx_jobs import Hooks, JobPersistence, JobStatus, StoreSettings, SyncJob, open_persistence
-from cidx_jobs_sqlite import SqliteJobStore, SqliteOptions, _codec, _store
+from cidx_jobs_sqlite import (
+    SqliteOptions,
+    SqliteStorage,
+    _codec,
+    _connection,
+    _statements,
+    _storage,
+)
 from cidx_jobs_sqlite._pool import Connection
 from cidx_jobs_sqlite._schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -31,28 +37,35 @@ from . import _data
 
 # -- the shared SQL ---------------------------------------------------------------------------
 
-#: INSERT of one job (``_codec.INSERT_JOB_SQL``).
-INSERT_JOB = _codec.INSERT_JOB_SQL
-#: Upsert of one checkpoint (``_codec.INSERT_CHECKPOINT_SQL``).
-INSERT_CHECKPOINT = _codec.INSERT_CHECKPOINT_SQL
-#: SELECT of one job by id (``_store._SELECT_JOB``).
-SELECT_JOB = _store._SELECT_JOB
-#: UPDATE of progress and phase (``_store._SET_PROGRESS_PHASE``).
-SET_PROGRESS_PHASE = _store._SET_PROGRESS_PHASE
-#: The size of the backend's first cleanup batch (later ones adapt to their timing).
-FIRST_CLEANUP_BATCH = _store._FIRST_BATCH
-#: What load_checkpoint runs: the data of one checkpoint (``_store._SELECT_CHECKPOINT_DATA``).
-SELECT_CHECKPOINT = _store._SELECT_CHECKPOINT_DATA
-#: The columns every job SELECT returns, in order.
+#: INSERT of one job (``_statements.INSERT_JOB``).
+INSERT_JOB = _statements.INSERT_JOB
+#: Upsert of one checkpoint (``_statements.INSERT_CHECKPOINT``).
+INSERT_CHECKPOINT = _statements.INSERT_CHECKPOINT
+#: SELECT of one job by id (``_statements.SELECT_JOB``).
+SELECT_JOB = _statements.SELECT_JOB
+#: UPDATE of progress and phase (``_statements.SET_PROGRESS_PHASE``).
+SET_PROGRESS_PHASE = _statements.SET_PROGRESS_PHASE
+#: The size of the backend's first cleanup batch (``_storage.FIRST_BATCH``; later ones
+#: adapt to their timing).
+FIRST_CLEANUP_BATCH = _storage.FIRST_BATCH
+#: What load_checkpoint runs: the data of one checkpoint
+#: (``_statements.SELECT_CHECKPOINT_DATA``).
+SELECT_CHECKPOINT = _statements.SELECT_CHECKPOINT_DATA
+#: The columns every job SELECT returns, in order, and as they are written in SQL.
 JOB_COLUMNS = _codec.JOB_COLUMNS
+JOB_COLUMNS_SQL = _codec.JOB_COLUMNS_SQL
 #: Finished statuses, in the order the backend sorts them for the cleanup.
 FINISHED = sorted((s for s in JobStatus if not s.is_active), key=lambda s: s.value)
+#: heartbeat(): renew the leases of an owner's active jobs (``_statements.RENEW_LEASES``).
+RENEW_LEASES = _statements.RENEW_LEASES
+#: Recovery: active jobs whose lease expired (``_statements.FIND_STALE``).
+FIND_STALE = _statements.FIND_STALE
 
 
 #: Whether this release of core and backend keeps leases (``owner_id``, ``heartbeat_at``):
 #: a job saved or started running is stamped with its owner, so the floor binds them too.
 LEASES = "owner_id" in attrs.fields_dict(SyncJob) and (
-    "takes_lease" in inspect.signature(_store._status_sql).parameters
+    "takes_lease" in inspect.signature(_statements.status_sql).parameters
 )
 #: The owner the floor stamps when the backend would stamp its own (same length of id).
 FLOOR_OWNER = "bench-host:4242:0123abcd"
@@ -62,8 +75,8 @@ def status_sql(status: JobStatus) -> str:
     """The UPDATE the backend runs for ``update_job_status(id, status)`` (no error, no CAS;
     a move to running takes the lease where the backend keeps leases)."""
     if LEASES and status is JobStatus.RUNNING:
-        return _store._status_sql(status, False, None, True)
-    return _store._status_sql(status, False, None)
+        return _statements.status_sql(status, False, None, True)
+    return _statements.status_sql(status, False, None)
 
 
 def status_params(status: JobStatus, now_us: int, job_id: str, owner: str) -> list[Any]:
@@ -89,7 +102,7 @@ def leased(job: SyncJob, owner: str, now: Any) -> SyncJob:
 
 def status_change(status: JobStatus, now: Any, owner: str) -> Any:
     """The ``StatusChange`` core hands the backend for ``update_job_status(id, status)``."""
-    from cidx_jobs import StatusChange
+    from cidx_jobs.backend import StatusChange
 
     extra: dict[str, Any] = {"owner": owner} if LEASES else {}
     return StatusChange(status=status, error_message=None, expected=None, now=now, **extra)
@@ -108,30 +121,70 @@ def insert_params(job: SyncJob, metadata_json: str, owner: str, now: Any) -> tup
 def select_sql(
     *,
     user: bool = False,
+    project: bool = False,
     created_after: bool = False,
     created_before: bool = False,
     keyset: bool = False,
     statuses: int = 0,
 ) -> str:
-    """The SELECT of one page, as the backend builds it (``_store._select_sql``)."""
-    return _store._select_sql(user, False, created_after, created_before, keyset, statuses)
+    """The SELECT of one page, as the backend builds it (``_statements.select_sql``)."""
+    return _statements.select_sql(user, project, created_after, created_before, keyset, statuses)
+
+
+def count_sql(
+    *,
+    user: bool = False,
+    project: bool = False,
+    created_after: bool = False,
+    created_before: bool = False,
+    statuses: int = 0,
+) -> str:
+    """The count of a filter, as the backend builds it (``_statements.count_sql``)."""
+    return _statements.count_sql(user, project, created_after, created_before, statuses)
+
+
+def page_params(
+    statuses: Sequence[str], common: Sequence[Any], limit: int, offset: int = 0
+) -> list[Any]:
+    """The parameters of :func:`select_sql` in the order the backend binds them
+    (``_statements.select_statement``): with several statuses, each status's branch gets the
+    status, the common parameters (user, project, dates, cursor) and ``offset + limit``."""
+    params: list[Any] = []
+    if len(statuses) > 1:
+        for status in statuses:
+            params.append(status)
+            params.extend(common)
+            params.append(offset + limit)
+    else:
+        params.extend(statuses)
+        params.extend(common)
+    params.append(limit)
+    params.append(offset)
+    return params
 
 
 def delete_batch_sql(statuses: int = len(FINISHED), *, batched: bool = True) -> str:
-    """The cleanup's DELETE, rebuilt from ``SqliteJobStore._delete_finished``
-    (backends/sqlite/src/cidx_jobs_sqlite/_store.py), which builds it inline:
-    one ``(status = ? AND coalesce(completed_at, created_at) < ?)`` term per status,
-    joined by OR, and ``rowid IN (SELECT ... LIMIT ?)`` around it. With ``batched``
-    false, the single unbounded DELETE a hand-written purge would run.
+    """The cleanup's DELETE of one batch, as the backend builds it
+    (``_statements.delete_expired_sql``): ``rowid IN (SELECT ... LIMIT ?)`` around
+    :func:`cleanup_where`. With ``batched`` false, the single unbounded DELETE a
+    hand-written purge would run.
     """
-    where = " OR ".join(
-        "(status = ? AND coalesce(completed_at, created_at) < ?)" for _ in range(statuses)
-    )
-    if not batched:
-        return f"DELETE FROM sync_jobs WHERE {where}"
-    return (
-        f"DELETE FROM sync_jobs WHERE rowid IN (SELECT rowid FROM sync_jobs WHERE {where} LIMIT ?)"
-    )
+    if batched:
+        return _statements.delete_expired_sql(statuses)
+    return f"DELETE FROM sync_jobs WHERE {cleanup_where(statuses)}"
+
+
+def cleanup_where(statuses: int = len(FINISHED)) -> str:
+    """The WHERE clause of the cleanup's DELETE (and of its dry-run count), as the backend
+    builds it (``_statements._expired_where``): one term per status, joined by OR, each
+    matching the expression index ``sync_jobs_status_finished``."""
+    return _statements._expired_where(statuses)
+
+
+def count_expired_sql(statuses: int = len(FINISHED)) -> str:
+    """The cleanup's dry run, as the backend builds it (``_statements.count_expired_sql``):
+    how many jobs and checkpoints the DELETE would remove."""
+    return _statements.count_expired_sql(statuses)
 
 
 def delete_params(cutoff_us: int) -> list[Any]:
@@ -163,9 +216,9 @@ def raw_connect(path: Path, options: SqliteOptions | None = None) -> sqlite3.Con
         timeout=options.busy_timeout,
         isolation_level=None,
         check_same_thread=False,
-        cached_statements=_store._CACHED_STATEMENTS,
+        cached_statements=_connection.CACHED_STATEMENTS,
     )
-    for pragma in _store.connection_pragmas(options):
+    for pragma in _connection.connection_pragmas(options):
         conn.execute(pragma)
     return conn
 
@@ -231,18 +284,16 @@ class TracingConnection(Connection):
         self.set_trace_callback(_record)
 
 
-class TracedStore(SqliteJobStore):
-    """The SQLite backend on connections that report their statements."""
+class TracedStorage(SqliteStorage):
+    """The SQLite backend's storage on connections that report their statements."""
 
     _connection_class = TracingConnection
 
 
-def open_traced(path: Path, clock: Callable[[], Any]) -> TracedStore:
+def open_traced(path: Path, clock: Callable[[], Any]) -> JobPersistence:
     """A traced backend on ``path`` whose clock is fixed (so "now" parameters match)."""
-    return TracedStore(
-        options_for(path),
-        hooks=Hooks(),
-        settings=StoreSettings(clock=clock),
+    return JobPersistence(
+        TracedStorage(options_for(path)), hooks=Hooks(), settings=StoreSettings(clock=clock)
     )
 
 
@@ -387,3 +438,94 @@ def query_db(cache_dir: Path, size: int, users: int, log: Callable[[str], None])
 def explain(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[str]:
     """SQLite's query plan for ``sql``, one line per step."""
     return [str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+
+# -- schema variants (the indexes section) ----------------------------------------------------
+
+#: The "story schema" of issue 14: the two indexes the original design named, one composite
+#: ``(user_id, status, created_at)`` for a user's pages and one on ``created_at`` for every
+#: job newest first. The baseline that ``save_job`` is also reported against.
+STORY_INDEXES = (
+    "CREATE INDEX story_user_status_created ON sync_jobs (user_id, status, created_at)",
+    "CREATE INDEX story_created ON sync_jobs (created_at)",
+)
+
+
+def secondary_indexes(conn: sqlite3.Connection, table: str = "sync_jobs") -> dict[str, str]:
+    """The explicitly created indexes of ``table`` (name -> CREATE statement), in the
+    order the schema created them (not the automatic primary-key index)."""
+    return {
+        str(name): str(sql)
+        for name, sql in conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+            "AND sql IS NOT NULL ORDER BY rowid",
+            (table,),
+        )
+    }
+
+
+def backend_indexes(cache_dir: Path) -> dict[str, str]:
+    """The secondary indexes of ``sync_jobs`` in the backend's current schema (read from an
+    empty database the backend made, so this follows every migration)."""
+    path = cache_dir / f"empty-{schema_key()}.db"
+    if not path.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        building = path.with_name(path.name + ".building")
+        remove_db(building)
+        create_empty(building)
+        os.replace(building, path)
+    conn = sqlite3.connect(str(path))
+    try:
+        return secondary_indexes(conn)
+    finally:
+        conn.close()
+
+
+def variant_db(
+    cache_dir: Path,
+    base: Path,
+    name: str,
+    drop: Sequence[str],
+    create: Sequence[str],
+    log: Callable[[str], None],
+) -> Path:
+    """The cached database ``base`` with the indexes ``drop`` dropped and the statements
+    ``create`` run, then vacuumed, so that it is laid out as if built with that schema.
+
+    Its rows are ``base``'s; it is never opened through the backend (whose schema it no
+    longer has), only through :func:`raw_connect`.
+    """
+    stem = base.name.removesuffix(f"-{schema_key()}.db")
+
+    def build(path: Path) -> float:
+        start = time.perf_counter()
+        building = path.with_name(path.name + ".building")
+        copy_db(base, building)
+        conn = sqlite3.connect(str(building), isolation_level=None)
+        try:
+            conn.execute("BEGIN")
+            for index in drop:
+                conn.execute(f"DROP INDEX {index}")
+            for statement in create:
+                conn.execute(statement)
+            conn.execute("COMMIT")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            conn.close()
+        remove_db(path)
+        os.replace(building, path)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{building}{suffix}").unlink(missing_ok=True)
+        return time.perf_counter() - start
+
+    return cached_db(cache_dir, f"{stem}-{name}", build, log)
+
+
+def drop_index(conn: sqlite3.Connection, name: str) -> str:
+    """Drop index ``name`` (committed); returns its CREATE statement, to put it back."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise LookupError(f"no index {name}")
+    conn.execute(f"DROP INDEX {name}")
+    return str(row[0])

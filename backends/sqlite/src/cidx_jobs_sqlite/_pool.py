@@ -95,6 +95,16 @@ class ConnectionPool:
                 pass
         return self._acquire_slow(deadline)
 
+    def take_idle(self) -> Connection | None:
+        """An idle connection, if one is free and no thread is queued for one; never waits.
+        Give it back with :meth:`release`."""
+        if not self._queue:
+            try:
+                return self._idle.pop()
+            except IndexError:
+                pass
+        return None
+
     def _acquire_slow(self, deadline: float | None) -> Connection:
         with self._cond:
             self._waiting += 1

@@ -243,19 +243,51 @@ class Runner:
         conn = self._state.conn
         if conn is not None:
             return self._run_in_transaction(conn, mode, sql, params, doing)
+        if mode < ROWCOUNT and self._fault is None:
+            idle = self.pool.take_idle()
+            if idle is not None:
+                # The common read, inline: a read costs about 5 us, and the general path's
+                # frames, clock reads and deadline about 1 us more (docs/performance.md).
+                pool = self.pool
+                try:
+                    cursor = idle.execute(sql, params)
+                    result = cursor.fetchone() if mode == ONE else cursor.fetchall()
+                    if time.monotonic() >= self._next_check:
+                        self._check_file(idle)
+                except sqlite3.Error as error:
+                    self._give_back(idle, error)
+                    return self._after_error(error, mode, sql, params, time.monotonic(), doing)
+                except BaseException:
+                    pool.release(idle)
+                    raise
+                pool.release(idle)
+                return result
         started = time.monotonic()
         try:
             return self._attempt(mode, sql, params, started)
         except sqlite3.Error as error:
-            with translating(self._path, doing):
-                if not is_retryable(error):
-                    raise
-                # The statement rolled back on its own; run it again once the lock is free.
-                return retry_busy(
-                    functools.partial(self._attempt, mode, sql, params, started, limited=True),
-                    started + self._busy,
-                    first=error,
-                )
+            return self._after_error(error, mode, sql, params, started, doing)
+
+    def _after_error(
+        self,
+        error: sqlite3.Error,
+        mode: int,
+        sql: str,
+        params: Sequence[Any],
+        started: float,
+        doing: str,
+    ) -> Any:
+        """Translate ``error`` of a statement outside a transaction, or, when the database
+        was busy, run the statement again until the busy timeout from ``started``."""
+        with translating(self._path, doing):
+            if not is_retryable(error):
+                raise error
+            # The statement rolled back on its own; run it again once the lock is free.
+            return retry_busy(
+                functools.partial(self._attempt, mode, sql, params, started, limited=True),
+                started + self._busy,
+                first=error,
+            )
 
     def _attempt(
         self, mode: int, sql: str, params: Sequence[Any], started: float, *, limited: bool = False
