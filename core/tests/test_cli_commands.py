@@ -31,6 +31,12 @@ def status_of(url: str, job_id: str) -> JobStatus:
         return job.status
 
 
+def database_files(folder: Path) -> list[str]:
+    """The files in ``folder`` but SQLite's ``-wal`` and ``-shm`` (its shared memory, which
+    a read-only connection may create too; SQLite gives them the database's owner)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(("-wal", "-shm")))
+
+
 def user_version(path: Path) -> int:
     conn = sqlite3.connect(path)
     try:
@@ -76,6 +82,35 @@ def test_a_usage_error_exits_2_without_a_traceback(url: str) -> None:
         assert "Traceback" not in result.stderr
     assert "sleeping" in cli("list", "--status", "sleeping", url=url).stderr
     assert cli("fail", "sync-00", url=url).returncode == 2  # --reason is required
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "--since", "9999999d"],
+        ["list", "--since", "0001-01-01T00:00+01:00"],
+        ["list", "--until", "9999-12-31T23:59-01:00"],
+        ["cleanup", "--dry-run", "--retention-days", "1e12"],
+        ["cleanup", "--dry-run", "--retention-days", "inf"],
+        ["show", "stuck", "--lease-timeout", "1e300"],
+        ["stats", "--lease-timeout", "1e12"],
+        ["doctor", "--lease-timeout", "nan"],
+        ["recover", "--lease-timeout", "-1"],
+    ],
+)
+def test_an_out_of_range_argument_exits_2_with_one_error_line(url: str, args: list[str]) -> None:
+    result = cli(*args, url=url)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "internal error" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr
+
+
+def test_the_largest_arguments_work(url: str) -> None:
+    assert cli("list", "--since", "36500d", url=url).returncode == 0
+    assert cli("cleanup", "--dry-run", "--retention-days", "36500", url=url).returncode == 0
+    assert cli("stats", "--lease-timeout", str(36500 * 86400), url=url).returncode == 0
 
 
 # -- list ------------------------------------------------------------------------------------
@@ -228,6 +263,41 @@ def test_recover_takes_the_abandoned_job_once(url: str) -> None:
     assert json_lines(again.stdout)[0]["interrupted"] == []
 
 
+def test_a_server_recovering_right_after_recover_gets_the_jobs(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from cidx_jobs import JobFilter, SyncJob, utcnow
+
+    url = make_database(tmp_path / "jobs.db")
+    with open_persistence(url) as store:
+        store.save_job(
+            SyncJob(
+                id="waiting",
+                user_id="erin",
+                project_id="web",
+                status=JobStatus.QUEUED,
+                created_at=utcnow() - timedelta(hours=2),
+                owner_id="old-host:4242:dead",
+                heartbeat_at=utcnow() - timedelta(hours=1),
+            )
+        )
+    result = cli("recover", "--json", url=url)
+    assert result.returncode == 0, result.stderr
+    report = json_lines(result.stdout)[0]
+    assert [job["id"] for job in report["requeue"]] == ["waiting"]
+    assert report["released"] == ["waiting"]
+    # A server starting now (any lease timeout) re-queues the queued job at once, and finds
+    # the interrupted one by its status.
+    with open_persistence(f"{url}?owner_id=server-2") as server:
+        recovered = server.recover_interrupted_jobs()
+        assert [job.id for job in recovered.requeue] == ["waiting"]
+        interrupted = server.query_jobs(JobFilter(statuses={JobStatus.INTERRUPTED}))
+        assert [job.id for job in interrupted] == ["stuck"]
+        point = server.resume_point("stuck")
+        assert point is not None
+        assert point.phase == "git_pull"
+
+
 # -- cancel and fail -------------------------------------------------------------------------
 
 
@@ -280,6 +350,29 @@ def old_database(tmp_path: Path) -> tuple[str, Path]:
     return f"sqlite:///{path}", path
 
 
+def test_a_schema_too_old_to_read_says_to_migrate(tmp_path: Path) -> None:
+    from cidx_jobs_sqlite import _schema
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        _schema.apply_migrations(conn, path, lambda c: c.execute("BEGIN IMMEDIATE"), 1)
+    finally:
+        conn.close()
+    url = f"sqlite:///{path}"
+    for command in (["list"], ["stats"], ["show", "x"]):
+        result = cli(*command, url=url)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert "older than this release can read" in last, command
+        assert "cidx-jobs migrate" in last
+    doctor = cli("doctor", url=url)
+    assert doctor.returncode == 1
+    assert "schema version 1" in doctor.stdout
+    assert user_version(path) == 1
+
+
 def test_migrate_check_changes_nothing_and_exits_1_when_pending(
     old_database: tuple[str, Path],
 ) -> None:
@@ -304,6 +397,89 @@ def test_migrate_check_changes_nothing_and_exits_1_when_pending(
     assert user_version(path) == 3
     assert cli("migrate", "--check", url=url).returncode == 0
     assert json_lines(cli("migrate", "--json", url=url).stdout)[0]["migrated"] is False
+
+
+def test_migrate_creates_a_missing_database_and_no_message_names_internal_options(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "new" / "jobs.db"
+    url = f"sqlite:///{path}"
+    for command in (["stats"], ["list"], ["migrate", "--check"], ["cancel", "x"]):
+        result = cli(*command, url=url)
+        assert result.returncode == 1, (command, result.stderr)
+        line = one_line_error(result)
+        assert "does not exist" in line
+        assert "cidx-jobs migrate" in line
+        assert "migrate=false" not in line
+        assert "read_only" not in line
+        assert not path.exists()
+    created = cli("migrate", url=url)
+    assert created.returncode == 0, created.stderr
+    assert "created the database" in created.stdout
+    assert user_version(path) >= 1
+    assert cli("migrate", "--check", url=url).returncode == 0
+
+
+_SCHEMA_BACKEND = """
+import sys
+from pathlib import Path
+from cidx_jobs import _plugins, hookimpl
+from cidx_jobs.backend import Capability
+from cidx_jobs.errors import StorageUnavailableError
+
+OPENED = Path(sys.argv[1])
+
+def factory(config):
+    config.reader().finish()  # refuses every option, migrate=false too
+    OPENED.write_text("opened, and so migrated")
+    raise StorageUnavailableError("the test backend stops here")
+
+class Provider:
+    @hookimpl
+    def cidx_jobs_register_backends(self, register):
+        register("schemadb", factory, capabilities=[Capability.PERSISTENT])
+
+original = _plugins.get_plugin_manager
+def patched(**kw):
+    pm = original(**kw)
+    pm.register(Provider(), name="schemadb-provider")
+    return pm
+_plugins.get_plugin_manager = patched
+from cidx_jobs._cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_backend_that_cannot_open_without_migrating_is_opened_only_by_migrate(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    from .cli_helpers import cli_env
+
+    runner = tmp_path / "run.py"
+    runner.write_text(_SCHEMA_BACKEND)
+    opened = tmp_path / "opened"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(runner), str(opened), *args],
+            capture_output=True,
+            text=True,
+            env=cli_env(CIDX_JOBS_URL="schemadb://db.example/jobs"),
+            timeout=60,
+            check=False,
+        )
+
+    for command in (["stats"], ["list"], ["doctor"], ["migrate", "--check"], ["cancel", "x"]):
+        result = run(*command)
+        assert result.returncode == 2, (command, result.stderr)
+        line = one_line_error(result)
+        assert "only `cidx-jobs migrate` may migrate" in line
+        assert "migrate=false" not in line
+        assert not opened.exists(), command
+    run("migrate")
+    assert opened.exists()  # migrate opens it as the server does
 
 
 def test_migrate_on_a_backend_without_a_schema() -> None:
@@ -338,23 +514,54 @@ def test_doctor_finds_an_abandoned_job_and_says_what_to_do(url: str) -> None:
     assert cli("doctor", url=url).returncode == 0
 
 
-def test_doctor_finds_damage(tmp_path: Path) -> None:
-    path = tmp_path / "damaged.db"
-    url = make_database(path)
+def _damage(path: Path) -> None:
     # Overwrite the middle of the file: the pages of the tables and indexes.
     size = path.stat().st_size
     with open(path, "r+b") as file:
         file.seek(size // 2)
         file.write(b"\xff" * 4096)
-    unchecked = cli("doctor", url=f"{url}?check_on_open=off&recover_corrupt=false")
-    assert unchecked.returncode == 1, unchecked.stdout + unchecked.stderr
-    assert "integrity" in unchecked.stdout
-    assert "found damage" in unchecked.stdout
-    # The default open finds the damage itself and salvages the file; doctor reports it.
-    recovered = cli("doctor", url=url)
-    assert recovered.returncode == 1
-    assert "was recovered when this command opened it" in recovered.stdout
-    assert list(tmp_path.glob("damaged.db.corrupt-*"))
+
+
+def test_doctor_finds_damage_and_never_salvages(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.db"
+    url = make_database(path)
+    _damage(path)
+    damaged = path.read_bytes()
+    # Even when the URL asks the server to salvage at open, a command never does: a running
+    # server's live file must not be moved aside.
+    for given in (url, f"{url}?recover_corrupt=true&check_on_open=full"):
+        result = cli("doctor", url=given)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "found damage" in result.stdout
+        assert "start one server" in result.stdout
+        assert "was recovered" not in result.stdout
+    assert not list(tmp_path.glob("damaged.db.corrupt-*"))
+    assert path.read_bytes() == damaged
+    assert database_files(tmp_path) == ["damaged.db"]
+
+
+def test_reading_commands_on_a_damaged_file_change_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.db"
+    url = make_database(path)
+    _damage(path)
+    damaged = path.read_bytes()
+    for command in (["list"], ["show", "stuck"], ["stats"], ["migrate", "--check"]):
+        result = cli(*command, url=url)
+        assert "Traceback" not in result.stderr
+        assert path.read_bytes() == damaged, command
+    assert database_files(tmp_path) == ["damaged.db"]
+
+
+def test_doctor_reports_a_store_it_cannot_open_as_a_problem(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    path.write_bytes(b"not a database, but the configured path" * 200)
+    before = path.read_bytes()
+    result = cli("doctor", url=f"sqlite:///{path}")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "cannot open the store" in result.stdout
+    assert "what to do" in result.stdout
+    assert path.read_bytes() == before
 
 
 def test_doctor_finds_bad_permissions(url: str, tmp_path: Path) -> None:
@@ -386,6 +593,70 @@ def test_backup_writes_a_consistent_copy(url: str, tmp_path: Path) -> None:
     dated = json_lines(cli("backup", str(folder), "--json", url=url).stdout)[0]
     assert Path(dated["target"]).parent == folder
     assert dated["bytes"] > 0
+
+
+def test_backup_refuses_the_database_itself(url: str, tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    before = path.read_bytes()
+    for target in (str(path), f"{tmp_path}/./jobs.db"):
+        result = cli("backup", target, "--force", url=url)
+        assert result.returncode == 2, result.stderr
+        assert "the database itself" in one_line_error(result)
+    link = tmp_path / "link.db"
+    link.symlink_to(path)
+    assert cli("backup", str(link), "--force", url=url).returncode == 2
+    assert path.read_bytes() == before
+
+
+def test_backup_replaces_the_previous_copy_only_when_the_new_one_is_whole(
+    url: str, tmp_path: Path
+) -> None:
+    target = tmp_path / "copy.db"
+    assert cli("backup", str(target), url=url).returncode == 0
+    previous = target.read_bytes()
+    # A copy that fails midway (here: the backend's copy raises) leaves the old one whole.
+    runner = tmp_path / "run.py"
+    runner.write_text(
+        "import sys\n"
+        "from cidx_jobs_sqlite import SqliteStorage\n"
+        "def broken(self, target):\n"
+        "    open(target, 'wb').write(b'half a copy')\n"
+        "    raise OSError('disk went away')\n"
+        "SqliteStorage.backup = broken\n"
+        "from cidx_jobs._cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    import subprocess
+
+    from .cli_helpers import cli_env
+
+    result = subprocess.run(
+        [sys.executable, str(runner), "backup", str(target), "--force"],
+        capture_output=True,
+        text=True,
+        env=cli_env(CIDX_JOBS_URL=url),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert target.read_bytes() == previous
+    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []
+
+
+def test_backup_to_a_folder_and_to_what_is_not_a_database(url: str, tmp_path: Path) -> None:
+    missing = cli("backup", f"{tmp_path}/backups/", url=url)
+    assert missing.returncode == 2
+    assert "does not exist" in one_line_error(missing)
+    assert not (tmp_path / "backups").exists()
+    (tmp_path / "backups").mkdir()
+    dated = json_lines(cli("backup", f"{tmp_path}/backups/", "--json", url=url).stdout)[0]
+    assert Path(dated["target"]).parent == tmp_path / "backups"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database")
+    refused = cli("backup", str(notes), "--force", url=url)
+    assert refused.returncode == 2
+    assert "not an SQLite database" in one_line_error(refused)
+    assert notes.read_text() == "not a database"
 
 
 def test_backup_of_a_backend_that_cannot_copy_itself_says_what_to_use(tmp_path: Path) -> None:
@@ -443,11 +714,75 @@ def test_a_plugin_observer_that_fails_is_one_line(url: str, tmp_path: Path) -> N
 
 
 def test_reading_commands_leave_the_file_as_it_was(url: str, tmp_path: Path) -> None:
-    # Reading commands open with migrate=false: they leave the file's bytes alone.
+    # Reading commands open read-only: they leave the file's bytes alone and create nothing.
     path = tmp_path / "jobs.db"
     before = path.read_bytes()
     mode = stat.S_IMODE(path.stat().st_mode)
-    for command in ("list", "stats", "doctor"):
-        cli(command, url=url)
-    assert path.read_bytes() == before
+    files = database_files(tmp_path)
+    backup = tmp_path.parent / f"{tmp_path.name}-copy.db"
+    for command in (
+        ["list"],
+        ["show", "stuck"],
+        ["stats"],
+        ["doctor"],
+        ["migrate", "--check"],
+        ["backup", str(backup)],
+    ):
+        cli(*command, url=url)
+        assert path.read_bytes() == before, command
+        assert database_files(tmp_path) == files, command
     assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert backup.is_file()
+
+
+def test_reading_commands_need_only_read_permission(url: str, tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+
+    path = tmp_path / "jobs.db"
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("needs root and chattr to make the file read-only even for root")
+    if subprocess.run(["chattr", "+i", str(path)], check=False).returncode != 0:
+        pytest.skip("this file system does not take chattr +i")
+    try:
+        stats = cli("stats", "--json", url=url)
+        assert stats.returncode == 0, stats.stderr
+        assert json_lines(stats.stdout)[0]["total"] == 16
+        assert cli("list", url=url).returncode == 0
+        assert cli("show", "stuck", url=url).returncode == 0
+        assert cli("backup", str(tmp_path.parent / f"{tmp_path.name}.db"), url=url).returncode == 0
+        doctor = cli("doctor", url=url)
+        assert doctor.returncode == 1
+        assert "permissions" in doctor.stdout
+        assert "read and write permission" in doctor.stdout
+        # A command that writes fails with one line.
+        cancel = cli("cancel", "sync-00", url=url)
+        assert cancel.returncode == 1
+        one_line_error(cancel)
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+def test_a_reader_that_goes_away_gives_exit_141(url: str) -> None:
+    import os
+    import subprocess
+
+    from .cli_helpers import cli_env
+
+    read, write = os.pipe()
+    os.close(read)  # `cidx-jobs doctor | true`: nobody reads
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "cidx_jobs", "list", "--limit", "100"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(CIDX_JOBS_URL=url),
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 141, result.stderr
+    assert "Traceback" not in result.stderr

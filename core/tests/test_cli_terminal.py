@@ -135,3 +135,31 @@ def test_without_rich_the_terminal_gets_plain_aligned_text(env: dict[str, str]) 
     assert status == 0, screen
     assert BAR not in screen
     assert "deleted 5 job(s)" in screen
+
+
+def test_an_80_column_terminal_keeps_ids_statuses_and_times_whole(tmp_path: Path) -> None:
+    from cidx_jobs import JobStatus, SyncJob, open_persistence
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    ids = [f"sync-2026-12-02-000{i}" for i in range(3)]
+    with open_persistence(url) as store:
+        for job_id in ids:
+            store.save_job(
+                SyncJob.create(id=job_id, user_id="alice.smith", project_id="backend-service")
+            )
+        store.update_job_status(ids[1], JobStatus.RUNNING)
+        store.update_job_status(
+            ids[1], JobStatus.FAILED, error_message="git pull failed: could not resolve host"
+        )
+        store.update_job_status(ids[2], JobStatus.RUNNING)
+        store.update_job_status(ids[2], JobStatus.INTERRUPTED)
+    env = cli_env(CIDX_JOBS_URL=url, TERM="xterm-256color", COLUMNS="80")
+    status, screen = in_terminal("list", env=env)
+    assert status == 0, screen
+    lines = [COLOUR.sub("", line) for line in screen.splitlines()]
+    table = [line for line in lines if not line.startswith("job ")]  # the events' log lines
+    assert all(len(line) <= 80 for line in table), "\n".join(table)
+    for job_id in ids:
+        assert any(job_id in line for line in table), "\n".join(table)
+    assert any("interrupted" in line for line in table)
+    assert sum(bool(re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", line)) for line in table) == 3

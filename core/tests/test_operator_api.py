@@ -45,6 +45,63 @@ def test_the_default_top_users_reads_every_page() -> None:
     assert Storage.top_users is type(store.storage).top_users  # the memory backend's default
 
 
+def test_the_default_oldest_active_reads_every_page() -> None:
+    from cidx_jobs import utcnow
+
+    now = utcnow()
+    with open_persistence("memory://") as store:
+        assert store.storage.oldest_active() is None
+        for i in range(2500):  # more than two of the default's pages of 1000
+            status = JobStatus.COMPLETED if i % 2 else JobStatus.PENDING
+            store.save_job(
+                SyncJob(
+                    id=f"j{i:04d}",
+                    user_id="u",
+                    project_id="p",
+                    status=status,
+                    created_at=now - timedelta(seconds=i),
+                    completed_at=now if i % 2 else None,
+                )
+            )
+        oldest = store.storage.oldest_active()
+    assert oldest is not None
+    assert oldest.id == "j2498"  # j2499, older, is completed
+    assert Storage.oldest_active is type(store.storage).oldest_active
+
+
+def test_the_clock_check_of_doctor() -> None:
+    from cidx_jobs import utcnow
+    from cidx_jobs._cli._commands import _clock_check
+    from cidx_jobs.backend import Health
+
+    class Remote:
+        def __init__(self, offset: float) -> None:
+            self.offset = offset
+
+        def server_time(self) -> Any:
+            return utcnow() + timedelta(seconds=self.offset)
+
+    class Store:
+        def __init__(self, offset: float) -> None:
+            self.storage = Remote(offset)
+
+    timeout = timedelta(seconds=300)
+    ok = _clock_check(Store(0.0), timeout)  # type: ignore[arg-type]
+    assert ok.health is Health.OK
+    assert abs(ok.data["offset_seconds"]) < 0.5
+    warning = _clock_check(Store(5.0), timeout)  # type: ignore[arg-type]
+    assert warning.health is Health.WARNING
+    assert "ahead of" in warning.summary
+    assert warning.advice is not None
+    problem = _clock_check(Store(-60.0), timeout)  # type: ignore[arg-type]
+    assert problem.health is Health.PROBLEM  # a tenth of the lease timeout or more
+    assert "behind" in problem.summary
+    with open_persistence("memory://") as store:
+        embedded = _clock_check(store, timeout)
+    assert embedded.health is Health.OK
+    assert "this host's clock" in embedded.summary
+
+
 class Recorder:
     def __init__(self) -> None:
         self.skipped: list[tuple[str, str]] = []

@@ -145,3 +145,53 @@ def test_storage_failures_are_counted_by_operation_and_error(
 def test_instrument_refuses_what_is_not_a_store() -> None:
     with pytest.raises(ValueError, match="JobPersistence"):
         instrument(object())  # type: ignore[arg-type]
+
+
+class SmallBatches:
+    """Every finished job expires at once, deleted two at a time."""
+
+    @hookimpl
+    def cidx_jobs_cleanup_policy(self, retention):  # type: ignore[no-untyped-def]
+        from cidx_jobs import CleanupPolicy
+
+        return CleanupPolicy.uniform(timedelta(0), batch_size=2)
+
+
+def test_a_failed_cleanup_counts_what_it_deleted_and_leaks_no_time(
+    tmp_path: Path, registry: CollectorRegistry, metrics: JobMetrics
+) -> None:
+    from cidx_jobs.errors import StorageError
+
+    pm = get_plugin_manager(blocked=("prometheus",))
+    pm.register(SmallBatches())
+    store = instrument(
+        open_persistence(f"sqlite:///{tmp_path / 'jobs.db'}", hooks=Hooks(pm)), metrics
+    )
+    with store:
+        for i in range(6):
+            store.save_job(SyncJob.create(id=f"j{i}", user_id="u", project_id="p"))
+            store.update_job_status(f"j{i}", JobStatus.COMPLETED)
+        injector = store.storage.fault_injector()
+        assert injector is not None
+        # The first batch deletes; a statement of a later one loses the connection.
+        injector.fail_next(Fault.CONNECTION_LOST, after=4)
+        with pytest.raises(StorageError):
+            store.run_cleanup()
+        deleted = 6 - store.count_jobs()
+        assert deleted >= 2
+        assert value(registry, "cidx_jobs_cleanup_deleted_jobs_total") == deleted
+        assert value(registry, "cidx_jobs_cleanup_runs_total") == 0
+        assert metrics.cleanup_clock.seconds is None
+        before = value(
+            registry, "cidx_jobs_storage_call_duration_seconds_sum", operation="delete_expired"
+        )
+        report = store.run_cleanup()
+        assert report.jobs_deleted == 6 - deleted
+    assert value(registry, "cidx_jobs_cleanup_deleted_jobs_total") == 6
+    assert value(registry, "cidx_jobs_cleanup_runs_total") == 1
+    after = value(
+        registry, "cidx_jobs_storage_call_duration_seconds_sum", operation="delete_expired"
+    )
+    # The second cleanup's duration is its own batches' time, none of the failed one's.
+    duration = value(registry, "cidx_jobs_cleanup_duration_seconds_sum")
+    assert duration == pytest.approx(after - before)

@@ -112,6 +112,38 @@ def test_top_users_agrees_with_the_default_of_the_interface(tmp_path: Path) -> N
         assert Storage.top_users(storage, 3) == grouped  # the interface's scan
 
 
+def test_oldest_active_agrees_with_the_default_of_the_interface(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from cidx_jobs import utcnow
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    now = utcnow()
+    with open_persistence(url) as store:
+        assert store.storage.oldest_active() is None
+        assert Storage.oldest_active(store.storage) is None
+        with store.transaction():
+            statuses = [JobStatus.COMPLETED, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PENDING]
+            for i in range(2400):  # more than two pages of the interface's scan
+                store.save_job(
+                    SyncJob(
+                        id=f"j{i:04d}",
+                        user_id="u",
+                        project_id="p",
+                        status=statuses[i % 4],
+                        created_at=now - timedelta(seconds=i // 2),
+                        completed_at=now if i % 4 == 0 else None,
+                    )
+                )
+    with open_persistence(url) as store:
+        storage = storage_of(store)
+        oldest = storage.oldest_active()
+        assert oldest is not None
+        # j2398 (running) and j2399 (pending) share the oldest time: the smaller id wins.
+        assert oldest.id == "j2398"
+        assert Storage.oldest_active(storage) == oldest  # the interface's scan
+
+
 def health(checks: list, name: str):  # type: ignore[no-untyped-def,type-arg]
     return next(check for check in checks if check.name == name)
 
@@ -233,3 +265,61 @@ def test_the_storage_of_an_old_file_reads_jobs_of_version_2(tmp_path: Path) -> N
         job = store.load_job("x")
     assert job is not None
     assert job.status is JobStatus.COMPLETED
+
+
+# -- read_only ------------------------------------------------------------------------------
+
+
+def _made(path: Path) -> str:
+    url = f"sqlite:///{path}"
+    with open_persistence(url) as store:
+        store.save_job(SyncJob.create(id="a", user_id="u", project_id="p"))
+    return url
+
+
+def test_read_only_reads_and_refuses_writes_and_never_migrates(tmp_path: Path) -> None:
+    from cidx_jobs.errors import StorageError
+
+    path = tmp_path / "old.db"
+    version_file(path, 1)
+    before = path.read_bytes()
+    with open_persistence(f"sqlite:///{path}?read_only=true") as store:
+        options = storage_of(store).options
+        assert (options.read_only, options.migrate, options.recover_corrupt) == (True, False, False)
+        assert store.storage.describe().settings["read_only"] == "true"
+    assert path.read_bytes() == before
+    url = _made(tmp_path / "jobs.db")
+    with open_persistence(f"{url}?read_only=true") as store:
+        assert store.load_job("a") is not None
+        with pytest.raises(StorageError):
+            store.save_job(SyncJob.create(id="b", user_id="u", project_id="p"))
+
+
+def test_read_only_creates_no_database(tmp_path: Path) -> None:
+    missing = tmp_path / "missing" / "jobs.db"
+    with pytest.raises(StorageUnavailableError):
+        open_persistence(f"sqlite:///{missing}?read_only=true")
+    assert not missing.parent.exists()
+
+
+def test_read_only_opens_a_file_nobody_may_write(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    path = tmp_path / "jobs.db"
+    url = _made(path)
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("needs root and chattr +i to make the file read-only even for root")
+    if subprocess.run(["chattr", "+i", str(path)], check=False).returncode != 0:
+        pytest.skip("this file system does not take chattr +i")
+    try:
+        from cidx_jobs.errors import StoragePermissionError
+
+        with pytest.raises(StoragePermissionError):
+            open_persistence(url)
+        with open_persistence(f"{url}?read_only=true") as store:
+            assert store.count_jobs() == 1
+            checks = {c.name: c for c in store.storage.check_health()}
+            assert checks["permissions"].health is Health.PROBLEM
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=False)

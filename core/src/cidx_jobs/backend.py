@@ -519,6 +519,26 @@ class Storage(abc.ABC):
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
         return ranked[:limit]
 
+    def oldest_active(self) -> SyncJob | None:
+        """The active (pending, queued or running) job created first (ties by the smallest
+        id), or ``None``.
+
+        Optional: the default pages through every active job with :meth:`select_jobs`
+        (newest first), which is correct for every storage but slow on a large one;
+        override it with one ordered query per active status.
+
+        :raises StorageError: the storage failed.
+        """
+        oldest: SyncJob | None = None
+        after: tuple[datetime, str] | None = None
+        while True:
+            page = self.select_jobs(JobFilter(statuses=ACTIVE_STATUSES, limit=1000), after, 1000)
+            if page:
+                oldest = page[-1]
+            if len(page) < 1000:
+                return oldest
+            after = (page[-1].created_at, page[-1].id)
+
     def backup(self, target: str | os.PathLike[str]) -> None:
         """Write a consistent copy of the data to the file ``target`` while the store stays in
         use (an existing file there is replaced).

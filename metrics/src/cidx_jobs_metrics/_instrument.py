@@ -20,6 +20,7 @@ from ._metrics import JobMetrics
 #: The storage methods whose calls are timed (``transaction`` and ``close`` are not: a
 #: block's time is the caller's code).
 TIMED = (
+    "oldest_active",
     "insert_job",
     "get_job",
     "set_status",
@@ -107,6 +108,7 @@ class InstrumentedStorage(Storage):
     check_health = _timed("check_health")
     server_time = _timed("server_time")
     top_users = _timed("top_users")
+    oldest_active = _timed("oldest_active")
     migrate = _timed("migrate")
 
     def backup(self, target: str | os.PathLike[str]) -> None:
@@ -114,8 +116,27 @@ class InstrumentedStorage(Storage):
         _timed("backup")(self, target)
 
     def delete_expired(self, cutoffs: Mapping[JobStatus, datetime], limit: int) -> tuple[int, int]:
-        """``inner.delete_expired()``, timed, and added to the cleanup's duration."""
-        return self._cleanup_step("delete_expired", cutoffs, limit)  # type: ignore[no-any-return]
+        """``inner.delete_expired()``, timed, and added to the cleanup's duration; what it
+        deleted is counted at once, so the batches of a cleanup that fails later still count.
+
+        A failure ends the cleanup (the core does not retry a batch), so it also drops the
+        cleanup's time: the next cleanup's duration starts from zero.
+        """
+        clock = self._metrics.cleanup_clock
+        try:
+            jobs, checkpoints = self._cleanup_step("delete_expired", cutoffs, limit)
+        except BaseException:
+            clock.reset()
+            raise
+        if jobs > 0:
+            self._metrics.cleanup_deleted_jobs.inc(jobs)
+            clock.jobs += jobs
+        if checkpoints > 0:
+            self._metrics.cleanup_deleted_checkpoints.inc(checkpoints)
+            clock.checkpoints += checkpoints
+        if jobs > limit:  # the core refuses the batch and ends the cleanup with an error
+            clock.reset()
+        return jobs, checkpoints
 
     def count_expired(self, cutoffs: Mapping[JobStatus, datetime]) -> tuple[int, int]:
         """``inner.count_expired()``, timed, and added to the (dry-run) cleanup's duration."""

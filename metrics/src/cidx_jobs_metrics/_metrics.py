@@ -33,6 +33,14 @@ CLEANUP_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.
 class _CleanupClock(threading.local):
     #: Storage time spent by the cleanup under way on this thread (see InstrumentedStorage).
     seconds: float | None = None
+    #: Jobs and checkpoints an instrumented storage already counted, batch by batch, for the
+    #: cleanup under way on this thread (``cidx_jobs_cleanup_done`` counts only the rest).
+    jobs: int = 0
+    checkpoints: int = 0
+
+    def reset(self) -> None:
+        self.seconds = None
+        self.jobs = self.checkpoints = 0
 
 
 class JobMetrics:
@@ -147,11 +155,13 @@ class JobMetrics:
 
     @hookimpl
     def cidx_jobs_cleanup_done(self, report: CleanupReport) -> None:
-        seconds, self.cleanup_clock.seconds = self.cleanup_clock.seconds, None
+        clock = self.cleanup_clock
+        seconds, jobs, checkpoints = clock.seconds, clock.jobs, clock.checkpoints
+        clock.reset()
         if report.dry_run:
             return
         self.cleanup_runs.inc()
-        self.cleanup_deleted_jobs.inc(report.jobs_deleted)
-        self.cleanup_deleted_checkpoints.inc(report.checkpoints_deleted)
+        self.cleanup_deleted_jobs.inc(max(0, report.jobs_deleted - jobs))
+        self.cleanup_deleted_checkpoints.inc(max(0, report.checkpoints_deleted - checkpoints))
         if seconds is not None:
             self.cleanup_duration.observe(seconds)

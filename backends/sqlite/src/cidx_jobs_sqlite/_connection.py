@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 
 from cidx_jobs.errors import (
     StorageCorruptError,
@@ -90,13 +92,20 @@ class Connector:
         if not self.options.migrate and not self.path.is_file():
             # Opening without migrating promises to change nothing: not even a new file.
             raise StorageUnavailableError(
-                f"{self.path} does not exist, and with migrate=false the store creates no "
-                "database; check the path, or open it once without migrate=false"
+                f"{self.path} does not exist, and this store was opened not to create a "
+                "database (migrate=false or read_only=true); check the path"
             )
-        self._make_folder()
-        problem = permission_problem(self.path)
-        if problem is not None:
-            raise StoragePermissionError(problem)
+        if self.options.read_only:
+            if not os.access(self.path, os.R_OK):
+                raise StoragePermissionError(
+                    f"no read permission on {self.path}: reading the job database needs it "
+                    "(fix the file's owner or mode, or run as the database's owner)"
+                )
+        else:
+            self._make_folder()
+            problem = permission_problem(self.path)
+            if problem is not None:
+                raise StoragePermissionError(problem)
         conn = self._bare_connect()
         try:
             damage = self._check(conn)
@@ -115,7 +124,8 @@ class Connector:
 
         :raises StorageError: as :meth:`open`, except that the file is not checked for damage.
         """
-        self._make_folder()
+        if not self.options.read_only:
+            self._make_folder()
         conn = self._bare_connect()
         try:
             self._configure(conn)
@@ -130,6 +140,17 @@ class Connector:
     def _bare_connect(self) -> Connection:
         """A connection with no pragmas applied yet (some read the file's header)."""
         with translating(self.path, "opening the database"):
+            if self.options.read_only:
+                # mode=ro: no write, no checkpoint, no new file (SQLite creates no database).
+                return sqlite3.connect(
+                    f"file:{urllib.parse.quote(self._path_str)}?mode=ro",
+                    uri=True,
+                    timeout=self._busy,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    cached_statements=CACHED_STATEMENTS,
+                    factory=self._connection_class,
+                )
             return sqlite3.connect(
                 self._path_str,
                 timeout=self._busy,

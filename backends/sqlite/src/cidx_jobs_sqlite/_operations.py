@@ -15,10 +15,12 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cidx_jobs import ACTIVE_STATUSES, SyncJob
 from cidx_jobs.backend import Health, HealthCheck, StorageInfo
 from cidx_jobs.errors import StorageCorruptError
 
 from . import _schema
+from ._codec import JOB_COLUMNS_SQL, decode_job
 from ._connection import JOURNAL_SIZE_LIMIT
 from ._runner import ALL, ONE
 
@@ -96,6 +98,7 @@ def describe(storage: SqliteStorage) -> StorageInfo:
         "check_on_open": options.check_on_open,
         "recover_corrupt": "true" if options.recover_corrupt else "false",
         "migrate_at_open": "true" if options.migrate else "false",
+        "read_only": "true" if options.read_only else "false",
         "sqlite_version": sqlite3.sqlite_version,
     }
     pending = tuple(
@@ -117,6 +120,32 @@ def top_users(storage: SqliteStorage, limit: int) -> list[tuple[str, int]]:
     """One grouped query over the ``sync_jobs_user_created`` index."""
     rows = storage._runner.run(ALL, _TOP_USERS, (limit,), "counting jobs per user")
     return [(str(user), int(jobs)) for user, jobs in rows]
+
+
+#: The first-created job of one status: a short range of the (status, created_at) index.
+_OLDEST_OF_STATUS = (
+    f"SELECT {JOB_COLUMNS_SQL} FROM sync_jobs WHERE status = ? ORDER BY created_at, id LIMIT 1"
+)
+
+
+def _unreadable_errors() -> tuple[type[BaseException], ...]:
+    from ._storage import _UNREADABLE
+
+    return _UNREADABLE
+
+
+def oldest_active(storage: SqliteStorage) -> SyncJob | None:
+    """One ``ORDER BY created_at LIMIT 1`` query per active status, merged (one query with
+    ``status IN (...)`` sorts every active job: 111 ms against 0.15 ms measured)."""
+    found = []
+    for status in sorted(ACTIVE_STATUSES, key=lambda s: s.value):
+        row = storage._runner.run(ONE, _OLDEST_OF_STATUS, (status.value,), "finding the oldest job")
+        if row is not None:
+            try:
+                found.append(decode_job(row))
+            except _unreadable_errors() as error:
+                raise storage._unreadable(row, error) from error
+    return min(found, key=lambda job: (job.created_at, job.id), default=None)
 
 
 def migrate(storage: SqliteStorage) -> tuple[int, int]:
@@ -160,9 +189,10 @@ def _integrity(storage: SqliteStorage, *, thorough: bool) -> HealthCheck:
     except StorageCorruptError as error:
         lines = [str(error)]
     advice = (
-        "stop the server, keep a copy of the file (cidx-jobs backup, or cp with the server "
-        "stopped), then start it again: the store checks the file at open and, with "
-        "recover_corrupt on, salvages it; or restore the last good backup"
+        "stop every server, keep a copy of the database with its -wal and -shm files, then "
+        "start one server: it checks the file at open and, with recover_corrupt on (the "
+        "default), moves it aside and salvages every readable job into a fresh file; or "
+        "restore the last good backup"
     )
     if lines == ["ok"]:
         return HealthCheck(

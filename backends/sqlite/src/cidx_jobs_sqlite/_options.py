@@ -51,6 +51,11 @@ class SqliteOptions:
         file of an older schema version stays as it is (calls that need the newer schema
         fail until :meth:`~cidx_jobs_sqlite.SqliteStorage.migrate` runs), and the
         ``cidx-jobs`` command line reads the database without upgrading it.
+    :ivar read_only: open the file read-only (SQLite's ``mode=ro``; default false): the
+        store needs only read permission, creates no file or folder, never recovers,
+        checkpoints or migrates (it implies ``migrate=false`` and ``recover_corrupt=false``),
+        and every write fails with StoragePermissionError. The ``cidx-jobs`` reading
+        commands open the database this way.
     """
 
     path: Path
@@ -61,6 +66,7 @@ class SqliteOptions:
     check_on_open: str = "quick"
     max_size_mb: int = 0
     migrate: bool = True
+    read_only: bool = False
 
     @property
     def busy_timeout(self) -> float:
@@ -93,7 +99,10 @@ class SqliteOptions:
         check_on_open = reader.get_choice("check_on_open", "quick", CHECK_LEVELS)
         max_size_mb = reader.get_int("max_size_mb", 0, minimum=0, maximum=MAX_SIZE_MB)
         migrate = reader.get_bool("migrate", True)
+        read_only = reader.get_bool("read_only", False)
         reader.finish()
+        if read_only:
+            migrate = recover_corrupt = False
         return cls(
             path=_check_path(path),
             pool_size=pool_size,
@@ -103,6 +112,7 @@ class SqliteOptions:
             check_on_open=check_on_open,
             max_size_mb=max_size_mb,
             migrate=migrate,
+            read_only=read_only,
         )
 
     @classmethod

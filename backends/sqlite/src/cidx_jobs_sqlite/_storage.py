@@ -393,6 +393,13 @@ class SqliteStorage(Storage):
         """
         return _operations.check_health(self, thorough=thorough)
 
+    def oldest_active(self) -> SyncJob | None:
+        """The active job created first, in one indexed query per active status.
+
+        :raises StorageError: SQLite failed.
+        """
+        return _operations.oldest_active(self)
+
     def top_users(self, limit: int) -> list[tuple[str, int]]:
         """The users with the most jobs, in one grouped query.
 

@@ -21,6 +21,7 @@ from cidx_jobs.errors import (
     CidxJobsError,
     ConfigError,
     PluginError,
+    StorageError,
     UnsupportedOperationError,
     ValidationError,
 )
@@ -28,16 +29,18 @@ from cidx_jobs.errors import (
 from ._output import Output
 from ._store import (
     CommandError,
-    non_negative_number,
+    days,
     parse_when,
     positive_int,
-    positive_number,
+    positive_seconds,
 )
 
 #: Set to get a traceback for an unexpected failure.
 DEBUG_ENV_VAR = "CIDX_JOBS_DEBUG"
 #: The exit statuses.
 OK, PROBLEM, USAGE = 0, 1, 2
+#: The exit status when the reader of the output went away, as a shell reports SIGPIPE.
+BROKEN_PIPE = 141
 
 _DESCRIPTION = f"""\
 Durable job state for the CIDX server: the operator's tools.
@@ -100,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     lease = argparse.ArgumentParser(add_help=False)
     lease.add_argument(
         "--lease-timeout",
-        type=positive_number,
+        type=positive_seconds,
         default=None,
         metavar="SECONDS",
         help="how long an owner may stay silent before its jobs count as abandoned "
@@ -169,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cleanup.add_argument(
         "--retention-days",
-        type=non_negative_number,
+        type=days,
         default=None,
         metavar="N",
         help="keep finished jobs this many days (default: the store's retention_days, 7)",
@@ -253,6 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit:  # --help, --version, or a usage error (argparse printed it)
         code = exit.code
         return OK if code is None else code if isinstance(code, int) else USAGE
+    except Exception as error:  # an argument no parser foresaw: still one line, exit 2
+        if os.environ.get(DEBUG_ENV_VAR):
+            raise
+        Output().error(f"bad arguments ({type(error).__name__}: {error}); see cidx-jobs --help")
+        return USAGE
     out = Output()
     _configure_logging()
     try:
@@ -269,16 +277,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.error(str(error))
         return error.status
     except CidxJobsError as error:
-        out.error(f"{type(error).__name__}: {error}")
+        from ._commands import OUTDATED
+
+        hint = ""
+        if OUTDATED and isinstance(error, StorageError):
+            hint = (
+                "; the database's schema is older than this release can read: run "
+                "`cidx-jobs migrate` once every server runs this release"
+            )
+        out.error(f"{type(error).__name__}: {error}{hint}")
         return _status_of(error)
     except KeyboardInterrupt:
         out.error("interrupted")
         return 130
     except BrokenPipeError:
-        # The reader went away (`cidx-jobs list | head`): not an error worth a word.
+        # The reader went away (`cidx-jobs list | head`): not worth a word, but the output
+        # was cut short, so the status says so as a shell's SIGPIPE death would (128 + 13).
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return OK
+        return BROKEN_PIPE
     except Exception as error:
         if os.environ.get(DEBUG_ENV_VAR):
             raise

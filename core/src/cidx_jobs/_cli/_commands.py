@@ -7,9 +7,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import secrets
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,14 @@ from cidx_jobs._models import (
 )
 from cidx_jobs._persistence import JobPersistence
 from cidx_jobs.backend import Health, HealthCheck, StorageInfo
-from cidx_jobs.errors import UnsupportedOperationError
+from cidx_jobs.errors import (
+    CidxJobsError,
+    ConfigError,
+    StorageCorruptError,
+    StoragePermissionError,
+    StorageUnavailableError,
+    UnsupportedOperationError,
+)
 
 from ._output import (
     Cell,
@@ -44,13 +53,46 @@ PAGE = 1000
 STALE_LIMIT = 10_000
 #: The statuses an operator override may leave: never a finished (terminal) job.
 NOT_FINISHED = frozenset(ACTIVE_STATUSES | {JobStatus.INTERRUPTED})
+#: The heartbeat a lease that ``recover`` gives back gets: long expired for any lease timeout.
+RELEASED_HEARTBEAT = datetime(1970, 1, 1, tzinfo=timezone.utc)
 #: A clock offset from this (seconds) is a warning; from a tenth of the lease timeout, a problem.
 CLOCK_WARNING_SECONDS = 1.0
 
 
+#: What to do about a damaged file: the CLI never salvages it (a server may be writing it).
+DAMAGE_ADVICE = (
+    "stop every server, keep a copy of the database with its -wal and -shm files, then "
+    "start one server: it checks the file at open and, with recover_corrupt on (the "
+    "default), moves it aside and salvages every readable job into a fresh file; or "
+    "restore the last good backup"
+)
+
+
+def _open_failure(error: CidxJobsError) -> CommandError | None:
+    """A clearer error for a store that cannot be opened, or ``None`` to keep ``error``."""
+    if isinstance(error, StorageCorruptError):
+        return CommandError(
+            f"the database is damaged ({error}); cidx-jobs reads it as it is and never "
+            f"repairs it: {DAMAGE_ADVICE}"
+        )
+    missing, found, _ = str(error).partition(" does not exist")
+    if isinstance(error, StorageUnavailableError) and found:
+        return CommandError(
+            f"{missing} does not exist: check the URL (the server's), or create the database "
+            "with `cidx-jobs migrate`"
+        )
+    return None
+
+
 def _open(args: argparse.Namespace, out: Output, *, writes: bool) -> JobPersistence:
     url = configured_url(args.url)
-    store, _ = open_store(url)
+    try:
+        store, _ = open_store(url, read_only=not writes)
+    except CidxJobsError as error:
+        clearer = _open_failure(error)
+        if clearer is None:
+            raise
+        raise clearer from None
     try:
         warning = check_schema(store, writes=writes)
     except BaseException:
@@ -58,7 +100,13 @@ def _open(args: argparse.Namespace, out: Output, *, writes: bool) -> JobPersiste
         raise
     if warning is not None:
         out.warn(warning)
+        OUTDATED.append(warning)
     return store
+
+
+#: The schema warnings of the stores this process opened: a storage failure after one is
+#: most likely the old schema, and the error line says so (see cidx_jobs._cli.main).
+OUTDATED: list[str] = []
 
 
 def _job_json(job: SyncJob) -> dict[str, Any]:
@@ -114,14 +162,14 @@ def _pages(store: JobPersistence, filter: JobFilter, limit: int | None) -> Itera
 
 _LIST_COLUMNS = (
     Column("id"),
-    Column("user"),
-    Column("project"),
+    Column("user", fold=True),
+    Column("project", fold=True, drop=2),
     Column("status"),
-    Column("progress", right=True),
-    Column("phase"),
+    Column("progress", right=True, drop=1),
+    Column("phase", fold=True, drop=4),
     Column("created"),
-    Column("finished"),
-    Column("error"),
+    Column("finished", drop=3),
+    Column("error", fold=True),
 )
 
 
@@ -239,7 +287,7 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
     out.heading(f"checkpoints ({len(checkpoints)})")
     if checkpoints:
         out.table(
-            (Column("phase"), Column("written"), Column("data")),
+            (Column("phase"), Column("written"), Column("data", fold=True)),
             [
                 [c.phase, format_time(c.created_at), _short(json.dumps(c.data), 60)]
                 for c in checkpoints
@@ -256,11 +304,8 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
 
 
 def _oldest_active(store: JobPersistence) -> SyncJob | None:
-    oldest = None
-    for jobs in _pages(store, JobFilter(statuses=ACTIVE_STATUSES, limit=PAGE), None):
-        if jobs:
-            oldest = jobs[-1]
-    return oldest
+    # One query per active status where the backend has it; the interface's default pages.
+    return store.storage.oldest_active()
 
 
 def _stale(store: JobPersistence, timeout: timedelta) -> list[SyncJob]:
@@ -447,6 +492,14 @@ def cmd_recover(args: argparse.Namespace, out: Output) -> int:
         timeout = _lease_timeout(args, store)
         report = store.recover_interrupted_jobs(lease_timeout=timeout)
         owner = store.owner_id
+        # Give back the leases of the pending and queued jobs it took: held by this command,
+        # whose process ends now, they would wait a whole lease timeout for a server; with a
+        # heartbeat long past, the next server's recovery re-queues them at once.
+        released = [
+            job.id
+            for job in report.requeue
+            if store.storage.take_over(job, job.status, owner, RELEASED_HEARTBEAT)
+        ]
     if args.json:
         out.json(
             {
@@ -460,6 +513,7 @@ def cmd_recover(args: argparse.Namespace, out: Output) -> int:
                     for point in report.interrupted
                 ],
                 "requeue": [_job_json(job) for job in report.requeue],
+                "released": released,
             }
         )
         return 0
@@ -477,19 +531,26 @@ def cmd_recover(args: argparse.Namespace, out: Output) -> int:
         rows.append([job.id, job.user_id, job.status.value, status_cell(job.status.value), "-"])
     out.line(f"took over {taken} job(s) whose owner was silent for over {format_age(timeout)}:")
     out.table(
-        (Column("id"), Column("user"), Column("was"), Column("now"), Column("resume from")),
+        (
+            Column("id"),
+            Column("user", fold=True),
+            Column("was"),
+            Column("now"),
+            Column("resume from"),
+        ),
         rows,
         indent=2,
     )
     if report.interrupted:
         out.line(
-            "interrupted jobs wait for a worker to resume them "
-            "(update_job_status(id, 'running', expected='interrupted'))"
+            "interrupted jobs wait for a worker to resume them: a server finds them with "
+            "query_jobs(JobFilter(statuses={'interrupted'})) and resume_point(id), then calls "
+            "update_job_status(id, 'running', expected='interrupted')"
         )
     if report.requeue:
         out.line(
-            f"pending and queued jobs are now held by {owner}; a server's recovery re-queues "
-            f"them once that lease runs out ({format_age(timeout)})"
+            "pending and queued jobs keep their status, with their lease released: the next "
+            "server's recovery (at its start) takes them to re-queue"
         )
     return 0
 
@@ -549,7 +610,20 @@ def cmd_fail(args: argparse.Namespace, out: Output) -> int:
 def cmd_migrate(args: argparse.Namespace, out: Output) -> int:
     url = configured_url(args.url)
     backend = backend_name(url)
-    store, without_migrating = open_store(url)
+    created = False
+    try:
+        store, without_migrating = open_store(url, read_only=args.check, migrating=not args.check)
+    except StorageUnavailableError as error:
+        clearer = _open_failure(error)
+        if clearer is None:
+            raise
+        if args.check:
+            raise CommandError(
+                f"{clearer}; `cidx-jobs migrate --check` looks without creating it"
+            ) from None
+        # `migrate` creates the database a mistyped path would never get from other commands.
+        store, without_migrating = open_store(url, create=True)
+        created = True
     with store:
         try:
             info = store.storage.describe()
@@ -562,14 +636,16 @@ def cmd_migrate(args: argparse.Namespace, out: Output) -> int:
             else:
                 out.line(message)
             return 0
-        if not without_migrating and args.check:
-            raise CommandError(
-                f"the {backend} backend cannot be opened without migrating (it does not take "
-                "the option migrate=false), so migrate --check cannot look without changing it",
-                status=2,
-            )
         before = info.schema_version
         pending = list(info.pending_migrations)
+        if created:
+            if args.json:
+                out.json(
+                    {"schema_version": before, "previous_schema_version": None, "created": True}
+                )
+            else:
+                out.line(f"{info.location}: created the database, at schema version {before}")
+            return 0
         if args.check:
             if args.json:
                 out.json(
@@ -697,9 +773,32 @@ def _clock_check(store: JobPersistence, timeout: timedelta) -> HealthCheck:
     )
 
 
-def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
-    backend = backend_name(configured_url(args.url))
-    with _open(args, out, writes=False) as store:
+def _open_check(error: CidxJobsError) -> HealthCheck:
+    if isinstance(error, StorageCorruptError):
+        advice = DAMAGE_ADVICE
+    elif isinstance(error, StoragePermissionError):
+        advice = (
+            "run cidx-jobs as a user that can read the database (the service's user), or "
+            "grant read permission on it; the servers need read and write permission"
+        )
+    else:
+        advice = "check the URL, the file and its folder, then run cidx-jobs doctor again"
+    return HealthCheck(
+        name="open",
+        health=Health.PROBLEM,
+        summary=f"cannot open the store: {type(error).__name__}: {error}",
+        advice=advice,
+    )
+
+
+def _doctor_checks(args: argparse.Namespace, out: Output, backend: str) -> list[HealthCheck]:
+    try:
+        store, _ = open_store(configured_url(args.url), read_only=True)
+    except (ConfigError, UnsupportedOperationError):
+        raise
+    except CidxJobsError as error:  # a problem to report, with what to do about it
+        return [_open_check(error)]
+    with store:
         timeout = _lease_timeout(args, store)
         checks = [_schema_check(_describe(store))]
         try:
@@ -713,8 +812,27 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
                     summary=f"the {backend} backend has no self-check",
                 )
             )
-        checks.append(_lease_check(store, timeout))
+        try:
+            checks.append(_lease_check(store, timeout))
+        except CidxJobsError as error:
+            checks.append(
+                HealthCheck(
+                    name="leases",
+                    health=Health.PROBLEM,
+                    summary=f"cannot read the leases: {type(error).__name__}: {error}",
+                    advice=DAMAGE_ADVICE
+                    if isinstance(error, StorageCorruptError)
+                    else "if the schema check found an old schema, that is why: upgrade every "
+                    "server to this release, then run cidx-jobs migrate",
+                )
+            )
         checks.append(_clock_check(store, timeout))
+    return checks
+
+
+def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
+    backend = backend_name(configured_url(args.url))
+    checks = _doctor_checks(args, out, backend)
     problems = [c for c in checks if c.health is Health.PROBLEM]
     if args.json:
         out.json(
@@ -734,7 +852,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
         )
         return 1 if problems else 0
     out.table(
-        (Column("check"), Column("health"), Column("finding")),
+        (Column("check"), Column("health"), Column("finding", fold=True)),
         [[c.name, health_cell(c.health.value), c.summary] for c in checks],
     )
     todo = [c for c in checks if c.health is not Health.OK and c.advice]
@@ -758,24 +876,78 @@ HEALTH_STYLE_OF = {Health.WARNING: "yellow", Health.PROBLEM: "red"}
 # -- backup ---------------------------------------------------------------------------------
 
 
-def cmd_backup(args: argparse.Namespace, out: Output) -> int:
-    backend = backend_name(configured_url(args.url))
-    target = Path(args.dest).expanduser()
+#: The first bytes of every SQLite database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _backup_target(dest: str, force: bool) -> Path:
+    target = Path(dest).expanduser()
+    if dest.endswith(("/", os.sep)) and not target.is_dir():
+        raise CommandError(
+            f"the folder {target} does not exist: create it, or drop the trailing / to name a file",
+            status=2,
+        )
     if target.is_dir():
         target = target / f"jobs-{utcnow().strftime('%Y%m%dT%H%M%SZ')}.db"
-    if target.exists() and not args.force:
-        raise CommandError(
-            f"{target} exists: choose another name, or pass --force to replace it", status=2
-        )
+    if not target.parent.is_dir():
+        raise CommandError(f"the folder {target.parent} does not exist: create it", status=2)
+    if target.exists():
+        if not force:
+            raise CommandError(
+                f"{target} exists: choose another name, or pass --force to replace it", status=2
+            )
+        if not target.is_file() or not _looks_like_a_database(target):
+            raise CommandError(
+                f"{target} is not an SQLite database, so --force does not replace it: "
+                "remove it yourself, or choose another name",
+                status=2,
+            )
+    return target
+
+
+def _looks_like_a_database(path: Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except OSError:
+        return False
+    return head == SQLITE_HEADER or head == b""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def cmd_backup(args: argparse.Namespace, out: Output) -> int:
+    backend = backend_name(configured_url(args.url))
+    target = _backup_target(args.dest, args.force)
     with _open(args, out, writes=False) as store:
+        info = _describe(store)
+        source_path = Path(info.location) if isinstance(info, StorageInfo) else None
+        if source_path is not None and (
+            _same_file(source_path, target) or source_path.absolute() == target.absolute()
+        ):
+            raise CommandError(
+                f"{target} is the database itself: write the backup to another file", status=2
+            )
+        # Copy beside the target, then rename over it: an interrupted copy leaves the
+        # previous backup whole.
+        partial = target.parent / f".{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
         started = time.monotonic()
         try:
             with out.activity(f"backing up to {target}"):
-                store.storage.backup(target.absolute())
+                store.storage.backup(partial.absolute())
+            if partial.exists():
+                os.replace(partial, target)
         except UnsupportedOperationError as error:
             raise CommandError(str(error), status=2) from None
+        finally:
+            with contextlib.suppress(OSError):
+                partial.unlink()
         seconds = time.monotonic() - started
-        info = _describe(store)
     size = target.stat().st_size if target.is_file() else None
     source = info.location if isinstance(info, StorageInfo) else f"the {backend} store"
     if args.json:

@@ -43,12 +43,23 @@ class Cell:
     style: str | None = None
 
 
+#: The narrowest a column of free text gets on a narrow terminal before it folds.
+FOLD_MIN_WIDTH = 8
+
+
 @attrs.frozen
 class Column:
-    """A table column: its heading and whether its cells align right (numbers)."""
+    """A table column: its heading, whether its cells align right (numbers), and whether
+    they are free text that may wrap onto more lines (``fold``) when the terminal is narrow.
+    Ids, statuses, counts and times never wrap: a folded id cannot be copied, nor a folded
+    time read. On a terminal too narrow for every column, the ``drop`` columns are hidden
+    (``--json`` has them all)."""
 
     name: str
     right: bool = False
+    fold: bool = False
+    #: Columns a terminal too narrow for the table hides, highest first (0: always shown).
+    drop: int = 0
 
 
 def status_cell(status: str) -> Cell:
@@ -220,17 +231,45 @@ class Output:
         from rich.padding import Padding
         from rich.table import Table
 
+        columns, rows = self._fitting(columns, rows, indent)
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
-        for column in columns:
-            # Fold rather than cut: an id or a path shown with "…" cannot be copied.
+        for i, column in enumerate(columns):
+            natural = max([len(column.name), *(len(row[i].text) for row in rows)])
+            # Fold rather than cut: an id or a path shown with "…" cannot be copied. Only free
+            # text wraps, so that the narrow columns give way first.
             table.add_column(
-                column.name.upper(), justify="right" if column.right else "left", overflow="fold"
+                column.name.upper(),
+                justify="right" if column.right else "left",
+                overflow="fold",
+                no_wrap=not column.fold,
+                min_width=FOLD_MIN_WIDTH if column.fold else natural,
             )
         for row in rows:
             table.add_row(*(self._text(cell) for cell in row))
         self._rich_console().print(
             Padding(table, (0, 0, 0, indent), expand=False) if indent else table
         )
+
+    def _fitting(
+        self, columns: Sequence[Column], rows: list[list[Cell]], indent: int
+    ) -> tuple[list[Column], list[list[Cell]]]:
+        """The columns (and their cells) that fit the terminal, hiding ``drop`` ones."""
+        width = self._rich_console().width - indent
+        keep = list(range(len(columns)))
+
+        def needed() -> int:
+            total = 3 * (len(keep) - 1)  # a space of padding each side, and the rule
+            for i in keep:
+                natural = max([len(columns[i].name), *(len(row[i].text) for row in rows)])
+                total += min(natural, FOLD_MIN_WIDTH) if columns[i].fold else natural
+            return total
+
+        while needed() > width:
+            droppable = [i for i in keep if columns[i].drop]
+            if not droppable:
+                break
+            keep.remove(max(droppable, key=lambda i: columns[i].drop))
+        return [columns[i] for i in keep], [[row[i] for i in keep] for row in rows]
 
     def json(self, value: object) -> None:
         """One JSON value on one line."""

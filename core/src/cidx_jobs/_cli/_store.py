@@ -73,21 +73,65 @@ def cli_owner_id() -> str:
     return f"cidx-jobs-cli:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-def open_store(url: str) -> tuple[JobPersistence, bool]:
-    """The store ``url`` names, opened without migrating where the backend can.
+#: Options that keep a command from changing the file at open, where the backend takes them
+#: (a backend that refuses one has no such behaviour to turn off): no salvage of a damaged
+#: file (moving a running server's live file aside would lose its acknowledged writes) and
+#: no check at open (``doctor`` runs its own).
+SAFE_OPEN = (("recover_corrupt", "false"), ("check_on_open", "off"))
+#: The option that opens the store read-only, for the commands that only read.
+READ_ONLY = ("read_only", "true")
 
+
+def _may_migrate_at_open(url: str) -> bool:
+    """Whether a backend that refuses ``migrate=false`` may be opened anyway: only one that
+    keeps nothing beyond its process (no :attr:`~cidx_jobs.backend.Capability.PERSISTENT`),
+    which has no stored schema to migrate."""
+    from cidx_jobs._plugins import Hooks
+    from cidx_jobs.backend import Capability
+
+    backend = Hooks().backends().get(backend_name(url))
+    return backend is not None and Capability.PERSISTENT not in backend.capabilities
+
+
+def open_store(
+    url: str, *, read_only: bool = False, create: bool = False, migrating: bool = False
+) -> tuple[JobPersistence, bool]:
+    """The store ``url`` names, opened without migrating, salvaging or checking where the
+    backend can, and read-only (``read_only``) where it can.
+
+    :param create: open it migrating, so that a missing database is created (``migrate``).
+    :param migrating: the command may migrate (``migrate``): a persistent backend that
+        refuses ``migrate=false`` is opened anyway, as the server opens it. Any other
+        command refuses such a backend before it opens anything (exit 2).
     :returns: the store, and whether it was opened with ``migrate=false`` (``False`` for a
-        backend that does not take the option: it was opened as the server opens it).
+        backend that does not take the option, or with ``create``: it was opened as the
+        server opens it).
     :raises CidxJobsError: the store cannot be opened.
     """
     base = with_option(url, "owner_id", None)
     settings = StoreSettings(owner_id=cli_owner_id())
-    try:
-        return open_persistence(with_option(base, *NO_MIGRATE), settings=settings), True
-    except ConfigError as error:
-        if error.option != NO_MIGRATE[0]:
-            raise
-    return open_persistence(base, settings=settings), False
+    # ``create`` (only for ``migrate``) opens as a server does, which creates and migrates.
+    wanted = [*([] if create else [NO_MIGRATE]), *SAFE_OPEN, *([READ_ONLY] if read_only else [])]
+    while True:
+        opened = base
+        for name, value in wanted:
+            opened = with_option(opened, name, value)
+        try:
+            return open_persistence(opened, settings=settings), NO_MIGRATE in wanted
+        except ConfigError as error:
+            refused = [option for option in wanted if option[0] == error.option]
+            if not refused or error.option not in dict(wanted):
+                raise
+            if refused[0] == NO_MIGRATE and not migrating and not _may_migrate_at_open(url):
+                name = backend_name(url)
+                raise CommandError(
+                    f"the {name} backend cannot be opened without migrating its schema, and "
+                    "only `cidx-jobs migrate` may migrate: use the backend's own tools to "
+                    f"look at it, or run `cidx-jobs migrate` once every server runs this "
+                    "release",
+                    status=2,
+                ) from None
+            wanted.remove(refused[0])
 
 
 def check_schema(store: JobPersistence, *, writes: bool) -> str | None:
@@ -121,45 +165,63 @@ def check_schema(store: JobPersistence, *, writes: bool) -> str | None:
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: The longest age, retention or lease timeout a command takes: 100 years, in days.
+MAX_DAYS = 36_500
+MAX_SECONDS = MAX_DAYS * 86400
 
 
 def parse_when(text: str) -> datetime:
     """A time an operator types: ISO 8601 (``2025-06-01``, ``2025-06-01T12:00``, with an
     offset or ``Z``; without one it is UTC), or an age before now (``90s``, ``30m``,
-    ``2h``, ``7d``, ``2w``)."""
+    ``2h``, ``7d``, ``2w``) of at most :data:`MAX_DAYS` days."""
     value = text.strip()
     age = _AGE.fullmatch(value)
     if age is not None:
-        return utcnow() - timedelta(seconds=float(age[1]) * _UNITS[age[2]])
+        seconds = float(age[1]) * _UNITS[age[2]]
+        if not seconds <= MAX_SECONDS:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is too long ago: an age is at most {MAX_DAYS}d"
+            )
+        return utcnow() - timedelta(seconds=seconds)
     try:
         parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is out of range: write a time between the years 1 and 9999 in UTC"
+        ) from None
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a time: write an ISO date or time (2025-06-01, "
             "2025-06-01T12:00Z) or an age (30m, 2h, 7d)"
         ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
 
 
-def positive_number(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+        return float(text)
+    except (ValueError, OverflowError):
+        return float("nan")
+
+
+def positive_seconds(text: str) -> float:
+    """A positive number of seconds, at most :data:`MAX_DAYS` days."""
+    value = _number(text)
+    if not 0 < value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds above 0 and at most {MAX_SECONDS} "
+            f"({MAX_DAYS} days)"
+        )
     return value
 
 
-def non_negative_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of at least 0")
+def days(text: str) -> float:
+    """A number of days from 0 to :data:`MAX_DAYS`."""
+    value = _number(text)
+    if not 0 <= value <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 0 to {MAX_DAYS}")
     return value
 
 
