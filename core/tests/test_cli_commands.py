@@ -7,11 +7,13 @@ from __future__ import annotations
 import sqlite3
 import stat
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from cidx_jobs import JobStatus, open_persistence
+from cidx_jobs.errors import ConfigError
 
 from .cli_helpers import OPERATOR_COMMANDS, cli, json_lines, make_database, one_line_error
 
@@ -184,7 +186,7 @@ def test_show_the_job_its_lease_and_its_checkpoints(url: str) -> None:
     assert "job stuck" in out
     assert "old-host:4242:dead" in out
     assert "expired" in out
-    assert "cidx-jobs recover takes it" in out
+    assert "cidx-jobs recover marks it interrupted" in out
     assert "git_pull" in out
     assert '{"next": 1}' in out
     data = json_lines(cli("show", "stuck", "--json", url=url).stdout)[0]
@@ -786,3 +788,91 @@ def test_a_reader_that_goes_away_gives_exit_141(url: str) -> None:
         os.close(write)
     assert result.returncode == 141, result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- found by the second review --------------------------------------------------------------
+
+
+def test_backup_never_replaces_a_companion_file_of_the_database(url: str, tmp_path: Path) -> None:
+    # An open store keeps an (often empty) -wal beside the database; replacing it would
+    # break every server that has the database open.
+    with open_persistence(url) as server:
+        wal = tmp_path / "jobs.db-wal"
+        assert wal.exists()
+        wal_before = wal.read_bytes()
+        for companion in ("jobs.db-wal", "jobs.db-shm"):
+            result = cli("backup", str(tmp_path / companion), "--force", url=url)
+            assert result.returncode == 2, result.stdout + result.stderr
+            message = one_line_error(result)
+            assert "companion" in message or "not an SQLite database" in message
+        assert wal.read_bytes() == wal_before
+        assert server.count_jobs() == 16  # the server still works
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    refused = cli("backup", str(empty), "--force", url=url)
+    assert refused.returncode == 2
+    assert "not an SQLite database" in one_line_error(refused)
+
+
+def test_a_backup_is_never_more_readable_than_the_database(url: str, tmp_path: Path) -> None:
+    (tmp_path / "jobs.db").chmod(0o600)
+    target = tmp_path / "copy.db"
+    assert cli("backup", str(target), url=url).returncode == 0
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert cli("backup", str(target), "--force", url=url).returncode == 0
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("stats", "--top", "99999999999999999999999"),
+        ("list", "--limit", "1000001"),
+        ("stats", "--lease-timeout", "1e-300"),
+        ("doctor", "--lease-timeout", "0.0001"),
+    ],
+)
+def test_counts_and_durations_out_of_range_are_usage_errors(
+    url: str, args: tuple[str, ...]
+) -> None:
+    result = cli(*args, url=url)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error: argument" in result.stderr
+
+
+def test_read_only_refuses_options_that_would_write(tmp_path: Path) -> None:
+    url = make_database(tmp_path / "jobs.db")
+    for option in ("migrate", "recover_corrupt"):
+        with pytest.raises(ConfigError) as caught:
+            open_persistence(f"{url}?read_only=true&{option}=true")
+        assert caught.value.option == option
+    with open_persistence(f"{url}?read_only=true&migrate=false") as store:
+        assert store.count_jobs() == 16
+
+
+def test_doctor_after_recover_does_not_send_the_operator_round_in_circles(tmp_path: Path) -> None:
+    from cidx_jobs import SyncJob, utcnow
+
+    url = make_database(tmp_path / "jobs.db")
+    with open_persistence(url) as store:
+        store.save_job(
+            SyncJob(
+                id="waiting",
+                user_id="erin",
+                project_id="web",
+                status=JobStatus.QUEUED,
+                created_at=utcnow() - timedelta(hours=2),
+                owner_id="old-host:4242:dead",
+                heartbeat_at=utcnow() - timedelta(hours=1),
+            )
+        )
+    assert cli("recover", url=url).returncode == 0
+    doctor = cli("doctor", "--json", url=url)
+    checks = {check["name"]: check for check in json_lines(doctor.stdout)[0]["checks"]}
+    leases = checks["leases"]
+    # the released queued job waits for a server; recover cannot do more for it
+    assert leases["health"] == "warning", leases
+    assert "cidx-jobs recover" not in (leases.get("advice") or "")
+    shown = cli("show", "waiting", url=url).stdout
+    assert "a server's recovery re-queues it" in shown

@@ -52,9 +52,12 @@ class SqliteOptions:
         fail until :meth:`~cidx_jobs_sqlite.SqliteStorage.migrate` runs), and the
         ``cidx-jobs`` command line reads the database without upgrading it.
     :ivar read_only: open the file read-only (SQLite's ``mode=ro``; default false): the
-        store needs only read permission, creates no file or folder, never recovers,
+        store needs only read permission (SQLite itself may create the ``-wal`` and ``-shm``
+        files of a WAL database, and needs to write the folder for that when no ``-shm``
+        exists), creates no database or folder, never recovers,
         checkpoints or migrates (it implies ``migrate=false`` and ``recover_corrupt=false``),
-        and every write fails with StoragePermissionError. The ``cidx-jobs`` reading
+        and every write fails with StoragePermissionError. ``migrate=true`` or
+        ``recover_corrupt=true`` beside it is a ConfigError. The ``cidx-jobs`` reading
         commands open the database this way.
     """
 
@@ -88,6 +91,7 @@ class SqliteOptions:
         if options is None:
             options = {}
         reader = options if isinstance(options, Options) else Options("sqlite", options)
+        given = set(reader.remaining())
         pool_size = reader.get_int(
             "pool_size", DEFAULT_POOL_SIZE, minimum=MIN_POOL_SIZE, maximum=MAX_POOL_SIZE
         )
@@ -102,6 +106,13 @@ class SqliteOptions:
         read_only = reader.get_bool("read_only", False)
         reader.finish()
         if read_only:
+            for name, value in (("migrate", migrate), ("recover_corrupt", recover_corrupt)):
+                if name in given and value:
+                    raise ConfigError(
+                        f"read_only=true opens the file without writing, so it cannot take "
+                        f"{name}=true: drop one of the two options",
+                        option=name,
+                    )
             migrate = recover_corrupt = False
         return cls(
             path=_check_path(path),

@@ -230,7 +230,12 @@ def _lease_state(job: SyncJob, now: datetime, timeout: timedelta) -> tuple[str, 
         return "expired (no heartbeat recorded)", True
     left = job.heartbeat_at + timeout - now
     if left.total_seconds() <= 0:
-        return f"expired {format_age(-left)} ago (cidx-jobs recover takes it)", True
+        taker = (
+            "cidx-jobs recover marks it interrupted"
+            if job.status is JobStatus.RUNNING
+            else "a server's recovery re-queues it"
+        )
+        return f"expired {format_age(-left)} ago ({taker})", True
     return f"held, {format_age(left)} left", False
 
 
@@ -385,7 +390,8 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
         ids = ", ".join(job.id for job in stale[:5]) + (", …" if len(stale) > 5 else "")
         stale_text: Cell | str = Cell(
             f"{len(stale)}{more} active job(s) silent for over {format_age(timeout)}: {ids} "
-            "(cidx-jobs recover takes them)",
+            "(cidx-jobs recover marks the running ones interrupted; a server's recovery "
+            "re-queues the others)",
             "red",
         )
     else:
@@ -724,6 +730,22 @@ def _lease_check(store: JobPersistence, timeout: timedelta) -> HealthCheck:
     running = [job for job in stale if job.status is JobStatus.RUNNING]
     ids = ", ".join(job.id for job in stale[:5]) + (", …" if len(stale) > 5 else "")
     more = "+" if len(stale) >= STALE_LIMIT else ""
+    if not running:
+        # Pending or queued jobs of a dead owner (or released by cidx-jobs recover): a
+        # server's recovery re-queues them; running recover again would change nothing.
+        return HealthCheck(
+            name="leases",
+            health=Health.WARNING,
+            summary=(
+                f"{len(stale)}{more} pending or queued job(s) whose owner has been silent for "
+                f"over {format_age(timeout)}: {ids}"
+            ),
+            advice=(
+                "a server's recover_interrupted_jobs() re-queues them (at its start, or in its "
+                "periodic sweep); if none runs, start one"
+            ),
+            data={"job_ids": [job.id for job in stale], "running": 0},
+        )
     return HealthCheck(
         name="leases",
         health=Health.PROBLEM,
@@ -911,7 +933,18 @@ def _looks_like_a_database(path: Path) -> bool:
             head = file.read(len(SQLITE_HEADER))
     except OSError:
         return False
-    return head == SQLITE_HEADER or head == b""
+    # Not an empty file: the database's own -wal is empty whenever nobody wrote since it
+    # was opened, and replacing it would break every server that has the database open.
+    return head == SQLITE_HEADER
+
+
+def _is_part_of(source: Path, target: Path) -> bool:
+    """Whether ``target`` is the database ``source`` or one of the files SQLite keeps beside it."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        own = Path(f"{source}{suffix}")
+        if _same_file(own, target) or own.absolute() == target.absolute():
+            return True
+    return False
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -927,11 +960,11 @@ def cmd_backup(args: argparse.Namespace, out: Output) -> int:
     with _open(args, out, writes=False) as store:
         info = _describe(store)
         source_path = Path(info.location) if isinstance(info, StorageInfo) else None
-        if source_path is not None and (
-            _same_file(source_path, target) or source_path.absolute() == target.absolute()
-        ):
+        if source_path is not None and _is_part_of(source_path, target):
             raise CommandError(
-                f"{target} is the database itself: write the backup to another file", status=2
+                f"{target} is the database itself or one of its companion files (-wal, -shm, "
+                "-journal): write the backup to another file",
+                status=2,
             )
         # Copy beside the target, then rename over it: an interrupted copy leaves the
         # previous backup whole.
@@ -941,6 +974,15 @@ def cmd_backup(args: argparse.Namespace, out: Output) -> int:
             with out.activity(f"backing up to {target}"):
                 store.storage.backup(partial.absolute())
             if partial.exists():
+                # The copy holds what the database holds: never readable by more people
+                # than the database (or the backup it replaces) is.
+                modes = [
+                    path.stat().st_mode
+                    for path in (source_path, target)
+                    if path is not None and path.exists()
+                ]
+                if modes:
+                    os.chmod(partial, min(mode & 0o777 for mode in modes) & partial.stat().st_mode)
                 os.replace(partial, target)
         except UnsupportedOperationError as error:
             raise CommandError(str(error), status=2) from None

@@ -168,6 +168,10 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 #: The longest age, retention or lease timeout a command takes: 100 years, in days.
 MAX_DAYS = 36_500
 MAX_SECONDS = MAX_DAYS * 86400
+#: The shortest duration a seconds option takes: shorter rounds to nothing in a timedelta.
+MIN_SECONDS = 0.001
+#: The largest count an option takes (e.g. --top, --limit).
+MAX_COUNT = 1_000_000
 
 
 def parse_when(text: str) -> datetime:
@@ -207,11 +211,11 @@ def _number(text: str) -> float:
 
 
 def positive_seconds(text: str) -> float:
-    """A positive number of seconds, at most :data:`MAX_DAYS` days."""
+    """A number of seconds from :data:`MIN_SECONDS` to :data:`MAX_DAYS` days."""
     value = _number(text)
-    if not 0 < value <= MAX_SECONDS:
+    if not MIN_SECONDS <= value <= MAX_SECONDS:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of seconds above 0 and at most {MAX_SECONDS} "
+            f"{text!r} is not a number of seconds from {MIN_SECONDS} to {MAX_SECONDS} "
             f"({MAX_DAYS} days)"
         )
     return value
@@ -230,6 +234,6 @@ def positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    if not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_COUNT}")
     return value
