@@ -272,7 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._info import show_info
 
             return show_info(out, as_json=args.json)
-        return _command(args.command)(args, out)
+        status = _command(args.command)(args, out)
+        # Flush here, where a reader gone away is caught, not at the interpreter's exit
+        # (which would print "Exception ignored" and exit 120).
+        sys.stdout.flush()
+        return status
     except CommandError as error:
         out.error(str(error))
         return error.status
