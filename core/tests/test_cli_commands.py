@@ -265,10 +265,10 @@ def test_recover_takes_the_abandoned_job_once(url: str) -> None:
     assert json_lines(again.stdout)[0]["interrupted"] == []
 
 
-def test_a_server_recovering_right_after_recover_gets_the_jobs(tmp_path: Path) -> None:
-    from datetime import timedelta
-
-    from cidx_jobs import JobFilter, SyncJob, utcnow
+@pytest.fixture
+def waiting_url(tmp_path: Path) -> str:
+    """The database of ``url``, plus a queued job whose owner died an hour ago."""
+    from cidx_jobs import SyncJob, utcnow
 
     url = make_database(tmp_path / "jobs.db")
     with open_persistence(url) as store:
@@ -283,6 +283,13 @@ def test_a_server_recovering_right_after_recover_gets_the_jobs(tmp_path: Path) -
                 heartbeat_at=utcnow() - timedelta(hours=1),
             )
         )
+    return url
+
+
+def test_a_server_recovering_right_after_recover_gets_the_jobs(waiting_url: str) -> None:
+    from cidx_jobs import JobFilter
+
+    url = waiting_url
     result = cli("recover", "--json", url=url)
     assert result.returncode == 0, result.stderr
     report = json_lines(result.stdout)[0]
@@ -851,22 +858,10 @@ def test_read_only_refuses_options_that_would_write(tmp_path: Path) -> None:
         assert store.count_jobs() == 16
 
 
-def test_doctor_after_recover_does_not_send_the_operator_round_in_circles(tmp_path: Path) -> None:
-    from cidx_jobs import SyncJob, utcnow
-
-    url = make_database(tmp_path / "jobs.db")
-    with open_persistence(url) as store:
-        store.save_job(
-            SyncJob(
-                id="waiting",
-                user_id="erin",
-                project_id="web",
-                status=JobStatus.QUEUED,
-                created_at=utcnow() - timedelta(hours=2),
-                owner_id="old-host:4242:dead",
-                heartbeat_at=utcnow() - timedelta(hours=1),
-            )
-        )
+def test_doctor_after_recover_does_not_send_the_operator_round_in_circles(
+    waiting_url: str,
+) -> None:
+    url = waiting_url
     assert cli("recover", url=url).returncode == 0
     doctor = cli("doctor", "--json", url=url)
     checks = {check["name"]: check for check in json_lines(doctor.stdout)[0]["checks"]}
