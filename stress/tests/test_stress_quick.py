@@ -65,3 +65,24 @@ def test_isolation(tmp_path: Path) -> None:
     result = run_quick("isolation", tmp_path)
     assert result.outcomes["cursor reused with another filter"] > 0
     assert result.checked > 500
+
+
+def test_errors_and_limits(tmp_path: Path) -> None:
+    result = run_quick("errors", tmp_path)
+    assert result.outcomes["deep paths: refused with ConfigError"] > 0
+    assert result.outcomes["invalid UTF-8: listings naming the jobs"] > 0
+    assert result.outcomes["oversized text: refused"] > 0
+    assert result.outcomes["backup targets: refused"] == 6
+    mounted = result.outcomes["full disk at open: StorageFullError"] + len(
+        [s for s in result.skipped if s.startswith("full disk")]
+    )
+    assert mounted > 0
+
+
+def test_recovery_files(tmp_path: Path) -> None:
+    result = run_quick("recovery", tmp_path)
+    assert result.outcomes["live wal: recovered"] > 0
+    assert result.outcomes["symlink: followed, link kept"] > 0
+    assert result.outcomes["page kinds: interior page of sync_jobs: jobs kept of 9000"] == 9000
+    assert result.faults > 0
+    assert result.checked > 50

@@ -9,7 +9,8 @@ The stable public names (a backend's tests rely on exactly these):
   :class:`TransactionContract`, :class:`ConcurrencyContract`,
   :class:`RoundTripContract`, :class:`ValidationContract`, :class:`CopyContract`,
   :class:`EventContract`, :class:`FaultContract`, :class:`TimeRangeContract`,
-  :class:`PersistenceContract`, :class:`StatefulContract`, :class:`LifecycleContract`),
+  :class:`PersistenceContract`, :class:`StatefulContract`, :class:`LifecycleContract`,
+  :class:`LimitContract`),
   all built on :class:`StoreFixtures`.
 * Fixtures (pytest fixtures defined as methods):
 
@@ -69,6 +70,7 @@ ASSERTING_MODULES = tuple(
         "_events",
         "_faults",
         "_lifecycle",
+        "_limits",
         "_persistent",
         "_query",
         "_roundtrip",
@@ -94,6 +96,7 @@ _EXPORTS = {
     "IsolationContract": "_query",
     "JobStoreContract": "_contract",
     "LifecycleContract": "_lifecycle",
+    "LimitContract": "_limits",
     "ManualClock": "_base",
     "PaginationContract": "_query",
     "PersistenceContract": "_persistent",
@@ -123,6 +126,7 @@ if TYPE_CHECKING:
     from ._events import EventContract
     from ._faults import FaultContract
     from ._lifecycle import LifecycleContract
+    from ._limits import LimitContract
     from ._model import ReferenceModel
     from ._persistent import PersistenceContract
     from ._query import IsolationContract, PaginationContract, QueryContract
@@ -157,6 +161,7 @@ __all__ = [
     "IsolationContract",
     "JobStoreContract",
     "LifecycleContract",
+    "LimitContract",
     "ManualClock",
     "PaginationContract",
     "PersistenceContract",

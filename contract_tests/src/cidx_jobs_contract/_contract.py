@@ -10,6 +10,7 @@ from ._edges import TimeRangeContract
 from ._events import EventContract
 from ._faults import FaultContract
 from ._lifecycle import LifecycleContract
+from ._limits import LimitContract
 from ._persistent import PersistenceContract
 from ._query import IsolationContract, PaginationContract, QueryContract
 from ._roundtrip import CopyContract, RoundTripContract, ValidationContract
@@ -37,6 +38,7 @@ class JobStoreContract(
     PersistenceContract,
     StatefulContract,
     LifecycleContract,
+    LimitContract,
 ):
     """Every contract test. Subclass it as ``Test...`` in a backend's tests and override
     ``base_config`` (the configuration naming the backend, e.g. ``"sqlite://"``).

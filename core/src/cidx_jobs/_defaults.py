@@ -14,6 +14,16 @@ logger = logging.getLogger("cidx_jobs")
 
 #: The name the default plugin is registered under; block it to replace every default.
 DEFAULTS_PLUGIN_NAME = "cidx_jobs.defaults"
+#: The most characters of a job's error message the default observer logs (a message may
+#: hold up to 64 KiB; the log line stays short, and names how much was left out).
+MAX_LOGGED_MESSAGE = 1000
+
+
+def _shortened(message: str) -> str:
+    if len(message) <= MAX_LOGGED_MESSAGE:
+        return message
+    left_out = len(message) - MAX_LOGGED_MESSAGE
+    return f"{message[:MAX_LOGGED_MESSAGE]}... ({left_out} more characters; load_job() has all)"
 
 
 @hookimpl(trylast=True)
@@ -53,7 +63,7 @@ def cidx_jobs_status_changed(
 ) -> None:
     # Failures are what an operator looks for; everything else is routine.
     if status is JobStatus.FAILED:
-        logger.warning("job %s failed: %s", job_id, error_message or "(no message)")
+        logger.warning("job %s failed: %s", job_id, _shortened(error_message or "(no message)"))
     elif status is JobStatus.INTERRUPTED:
         logger.warning("job %s interrupted", job_id)
     else:

@@ -13,6 +13,12 @@ from .errors import ValidationError
 
 MAX_ID_LENGTH = 256
 MAX_JSON_DEPTH = 64
+#: The longest job ``phase``, in characters: the same as an id, because a phase names a
+#: checkpoint phase, which is an id.
+MAX_PHASE_LENGTH = MAX_ID_LENGTH
+#: The largest job ``error_message``, in bytes of UTF-8 (64 KiB): room for a long traceback,
+#: while a row and a log line stay small.
+MAX_ERROR_MESSAGE_BYTES = 64 * 1024
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
@@ -44,13 +50,45 @@ def check_text(value: str, field: str) -> str:
 
 
 def check_optional_text(value: object, field: str) -> str | None:
+    """Return ``value`` if it is ``None`` or a storable str (see :func:`check_text`).
+
+    A ``field`` named ``phase`` is at most :data:`MAX_PHASE_LENGTH` characters long, one
+    named ``error_message`` at most :data:`MAX_ERROR_MESSAGE_BYTES` bytes as UTF-8; the
+    length is checked first, so an oversized value costs no encoding.
+
+    :raises ValidationError: ``value`` is not a str, holds NUL or a lone surrogate, or is
+        over its field's limit.
+    """
     if value is None:
         return None
     if not isinstance(value, str):
         raise ValidationError(
             f"{field} must be a str or None, got {type(value).__name__}", field=field
         )
+    if field == "phase":
+        if len(value) > MAX_PHASE_LENGTH:
+            raise ValidationError(
+                f"phase is {len(value)} characters long; the limit is {MAX_PHASE_LENGTH} "
+                "(a phase is a short name such as 'indexing'; put details in metadata)",
+                field=field,
+            )
+    elif field == "error_message" and len(value) * 4 > MAX_ERROR_MESSAGE_BYTES:
+        _check_error_message_size(value)
     return check_text(value, field)
+
+
+def _check_error_message_size(value: str) -> None:
+    # A code point takes 1 to 4 bytes: more characters than the limit is over it at once.
+    length = len(value)
+    size = length if length > MAX_ERROR_MESSAGE_BYTES else len(value.encode("utf-8", "replace"))
+    if size > MAX_ERROR_MESSAGE_BYTES:
+        raise ValidationError(
+            f"error_message is {'at least ' if size == length else ''}{size} bytes as UTF-8 "
+            f"({length} characters); the limit is {MAX_ERROR_MESSAGE_BYTES} bytes: store a "
+            "summary (e.g. the exception and the last lines of its traceback) and keep the "
+            "full text in your own logs",
+            field="error_message",
+        )
 
 
 def to_utc(value: object, field: str) -> datetime:

@@ -9,6 +9,8 @@ function returning a :class:`ScenarioResult`:
 * :mod:`cidx_jobs_stress.concurrency`: 4 processes x 4 threads on one file;
 * :mod:`cidx_jobs_stress.badinput`: hostile values for every public method and model;
 * :mod:`cidx_jobs_stress.isolation`: user filters and cursors across random data sets.
+* :mod:`cidx_jobs_stress.errors_limits` (``errors``): deep paths, full disks at open, read-only
+  mounts, rows of invalid UTF-8, a starved writer, oversized text, backup targets.
 """
 
 from __future__ import annotations

@@ -46,6 +46,18 @@ def _isolation(config: StressConfig, workdir: Path) -> ScenarioResult:
     return isolation.run(config, workdir)
 
 
+def _errors(config: StressConfig, workdir: Path) -> ScenarioResult:
+    from . import errors_limits
+
+    return errors_limits.run(config, workdir)
+
+
+def _recovery_files(config: StressConfig, workdir: Path) -> ScenarioResult:
+    from . import recovery_files
+
+    return recovery_files.run(config, workdir)
+
+
 #: Every scenario by name, in the order a run goes through them.
 SCENARIOS: dict[str, Scenario] = {
     "crash": _crash,
@@ -53,6 +65,8 @@ SCENARIOS: dict[str, Scenario] = {
     "concurrency": _concurrency,
     "badinput": _badinput,
     "isolation": _isolation,
+    "recovery": _recovery_files,
+    "errors": _errors,
 }
 
 

@@ -8,6 +8,7 @@ the schema up to date if another process migrated the file meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -15,6 +16,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 
 from cidx_jobs.errors import (
     StorageCorruptError,
@@ -24,11 +26,12 @@ from cidx_jobs.errors import (
 )
 
 from . import _schema
-from ._errors import DAMAGE, error_code, permission_problem
+from ._errors import DAMAGE, error_code, folder_error, permission_problem
 from ._options import SqliteOptions
 from ._pool import Connection
 from ._recovery import RecoveryReport, file_identity, folder_lock, looks_like_sqlite, probe, recover
 from ._runner import retry_busy, translating
+from ._undecodable import find_undecodable
 
 logger = logging.getLogger("cidx_jobs.sqlite")
 
@@ -166,20 +169,37 @@ class Connector:
                 conn.execute(pragma)
 
     def _make_folder(self) -> None:
+        """Create the missing folders of the path, one at a time (a deep path never
+        recurses), and remove those this call created if one of them cannot be made.
+
+        :raises StorageFullError: no space (or no inode) is left to create a folder.
+        :raises StoragePermissionError: no permission, or the file system is read-only.
+        :raises StorageUnavailableError: a file stands where a folder should be, or
+            another failure.
+        """
         folder = self.path.parent
         if folder.is_dir():
             return
+        missing = []
+        step = folder
+        while not step.is_dir() and step != step.parent:
+            missing.append(step)
+            step = step.parent
+        created: list[Path] = []
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except PermissionError as error:
-            problem = permission_problem(self.path)
-            raise StoragePermissionError(
-                problem or f"cannot create the folder {folder}: {error.strerror}"
-            ) from error
+            for step in reversed(missing):
+                try:
+                    step.mkdir()
+                except FileExistsError:
+                    if not step.is_dir():
+                        raise
+                    continue  # another process made it meanwhile
+                created.append(step)
         except OSError as error:
-            raise StorageUnavailableError(
-                f"cannot create the folder {folder} for the job database: {error}"
-            ) from error
+            for step in reversed(created):
+                with contextlib.suppress(OSError):
+                    step.rmdir()
+            raise folder_error(self.path, error) from error
 
     def _check(self, conn: Connection) -> str | None:
         """What is damaged in the file, or ``None``; refuses files of newer releases."""
@@ -188,7 +208,12 @@ class Connector:
                 version = _schema.read_version(conn)
                 if version > _schema.SCHEMA_VERSION:
                     raise _schema.newer_version_error(self.path, version)
-                return probe(conn, self.options.check_on_open)
+                damage = probe(conn, self.options.check_on_open)
+                if damage is None and self.options.check_on_open == "full":
+                    # integrity_check does not read text as UTF-8; sqlite3 does, and
+                    # refuses a row that is not.
+                    damage = find_undecodable(conn)
+                return damage
             except sqlite3.DatabaseError as error:
                 if error_code(error) in DAMAGE:
                     return str(error)

@@ -8,6 +8,7 @@ is SQLite's own text for the code (``sqlite3_errstr``).
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import sys
@@ -37,6 +38,8 @@ CONSTRAINT = 19
 NOTADB = 26
 # Extended codes of the constraints the primitives tell apart.
 CONSTRAINT_FOREIGNKEY = 787
+#: SQLite could not grow the ``-shm`` file: the disk is full (posix_fallocate failed).
+IOERR_SHMSIZE = 4874
 CONSTRAINT_PRIMARYKEY = 1555
 CONSTRAINT_UNIQUE = 2067
 
@@ -84,6 +87,14 @@ BROKEN = frozenset({IOERR, CORRUPT, NOTADB, CANTOPEN, PROTOCOL, NOMEM})
 RETRYABLE = frozenset({BUSY, LOCKED})
 #: Codes that mean the file is damaged.
 DAMAGE = frozenset({CORRUPT, NOTADB})
+
+#: Below this much free space (bytes) on the database's file system, an I/O error or a
+#: file SQLite cannot create is reported as a full disk: a new ``-shm`` takes 32 KiB, the
+#: first WAL frames about as much.
+LOW_SPACE = 64 * 1024
+#: What sqlite3 itself says (no SQLite code) for stored text that is not valid UTF-8; the
+#: same text from Python 3.10 to 3.13.
+_UNDECODABLE = "could not decode to utf-8 column '"
 
 # Set on an exception that stands for a lock wait that already ran out (an injected
 # LOCK_TIMEOUT): it is translated like any SQLITE_BUSY, but never retried.
@@ -166,16 +177,118 @@ class ConstraintError(StorageError):
         self.kind = kind
 
 
+class UnreadableTextError(StorageCorruptError):
+    """A stored row holds text that is not valid UTF-8 (edited outside cidx-jobs, or
+    damaged), so sqlite3 cannot read it; the storage names the row where it knows it.
+
+    :ivar column: the column holding the text.
+    :ivar job_ids: the jobs whose rows hold it, where the storage could tell.
+    """
+
+    def __init__(self, message: str, column: str, job_ids: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.column = column
+        self.job_ids = job_ids
+
+
+def undecodable_column(error: BaseException) -> str | None:
+    """The column whose stored text is not valid UTF-8, if ``error`` is sqlite3's
+    refusal to read it (``Could not decode to UTF-8 column 'phase' with text ...``)."""
+    if not isinstance(error, sqlite3.OperationalError):
+        return None
+    message = str(error)
+    start = message.lower().find(_UNDECODABLE)
+    if start < 0:
+        return None
+    start += len(_UNDECODABLE)
+    end = message.find("'", start)
+    return message[start:end] if end > start else "?"
+
+
+def _existing_folder(path: Path) -> Path:
+    """The nearest folder of ``path`` (its own folder, or an ancestor) that exists."""
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
+def read_only_mount(path: Path) -> Path | None:
+    """The folder of ``path`` (or its nearest existing ancestor) if it is on a file system
+    mounted read-only, else ``None`` (also where that cannot be told)."""
+    folder = _existing_folder(path)
+    try:
+        flags = os.statvfs(folder).f_flag
+    except (OSError, AttributeError):  # no statvfs (Windows), or the folder went away
+        return None
+    return folder if flags & getattr(os, "ST_RDONLY", 1) else None
+
+
+def disk_full(path: Path) -> bool:
+    """Whether the file system of ``path`` has less than :data:`LOW_SPACE` bytes or no
+    inode left for this process (False where that cannot be told)."""
+    try:
+        stat = os.statvfs(_existing_folder(path))
+    except (OSError, AttributeError):
+        return False
+    no_inodes = stat.f_files > 0 and stat.f_favail == 0
+    return no_inodes or stat.f_bavail * stat.f_frsize < LOW_SPACE
+
+
+def _full_message(path: Path, doing: str) -> str:
+    return (
+        f"the disk holding {path} is full while {doing}: SQLite could not create or grow the "
+        f"database's files ({path.name}, {path.name}-wal, {path.name}-shm); nothing was "
+        "written and earlier data is intact. Free disk space (or inodes: `df -h`, `df -i`), "
+        "then retry"
+    )
+
+
+def folder_error(path: Path, error: OSError) -> StorageError:
+    """The cidx-jobs error for ``error``, raised while creating a folder of ``path``.
+
+    :param path: the database file whose folder was being created.
+    """
+    folder = path.parent
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return StorageFullError(
+            f"cannot create the folder {folder} for the job database: no space (or no "
+            f"inode) is left on the disk ({error.strerror}). No folder was left behind; free "
+            "disk space or inodes (`df -h`, `df -i`), then retry"
+        )
+    if isinstance(error, PermissionError) or error.errno == errno.EROFS:
+        problem = permission_problem(path)
+        return StoragePermissionError(
+            problem or f"cannot create the folder {folder}: {error.strerror or error}"
+        )
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        return StorageUnavailableError(
+            f"cannot create the folder {folder} for the job database: {error.filename} is a "
+            "file, not a folder; move it, or choose another path"
+        )
+    return StorageUnavailableError(
+        f"cannot create the folder {folder} for the job database: {error}"
+    )
+
+
 def permission_problem(path: Path) -> str | None:
     """What permission the process lacks to use the database at ``path``, or ``None``.
 
     SQLite needs to read and write the file, and to create ``-wal`` and ``-shm``
-    files beside it, so it also needs write permission on the folder.
+    files beside it, so it also needs write permission on the folder. A file system
+    mounted read-only is reported as that, not as a permission of the file.
     """
     folder = path.parent
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    mount = read_only_mount(path)
+    if mount is not None:
+        return (
+            f"the file system holding {mount} is mounted read-only, so the job database "
+            f"{path} cannot be created or written there. Remount it read-write (e.g. `mount "
+            "-o remount,rw` on its mount point) or move the database to a writable disk. A "
+            "store opened with read_only=true reads a WAL database on a read-only file "
+            f"system only if {path.name}-wal and {path.name}-shm already exist beside it"
+        )
+    existing = _existing_folder(path)
     if existing != folder:
         if not os.access(existing, os.W_OK | os.X_OK):
             return (
@@ -231,10 +344,22 @@ def translate(error: BaseException, path: Path, doing: str) -> StorageError:
     code = error_code(error)
     if code in RETRYABLE:
         return StorageBusyError(
-            f"{path} stayed locked by another connection while {doing}; nothing was written. "
-            "Another process or thread held a write transaction for longer than busy_timeout_ms: "
-            "retry later, shorten long transaction() blocks, or raise busy_timeout_ms"
+            f"{path} stayed locked by other connections for the whole busy_timeout_ms while "
+            f"{doing}; nothing was written. Either one transaction held the write lock that "
+            "long, or writers took it one after another and this call never got its turn. "
+            "Retrying later is safe; if it recurs, raise busy_timeout_ms, keep transaction() "
+            "blocks short, or let fewer threads and processes write at the same time"
         )
+    column = undecodable_column(error)
+    if column is not None:
+        # sqlite3's message quotes the whole text, which may be huge: name the column only.
+        return UnreadableTextError(
+            f"{path} holds a row whose {column!r} is not valid UTF-8 (changed outside "
+            f"cidx-jobs, or damaged) while {doing}",
+            column,
+        )
+    if extended_code(error) == IOERR_SHMSIZE:
+        return StorageFullError(_full_message(path, doing))
     if code == FULL:
         return StorageFullError(
             f"the disk holding {path} is full, or the database reached its max_size_mb limit, "
@@ -245,6 +370,8 @@ def translate(error: BaseException, path: Path, doing: str) -> StorageError:
         problem = permission_problem(path)
         if problem is not None:
             return StoragePermissionError(f"{problem} (while {doing})")
+        if code == CANTOPEN and disk_full(path):
+            return StorageFullError(_full_message(path, doing))
         if code in (READONLY, PERM):
             return StoragePermissionError(
                 f"{path} is read-only for this process while {doing}: the file, its folder "
@@ -261,6 +388,8 @@ def translate(error: BaseException, path: Path, doing: str) -> StorageError:
             "recover_corrupt on (the default) the damaged file is moved aside and its readable "
             "jobs are salvaged; or restore the file from a backup"
         )
+    if code == IOERR and disk_full(path):
+        return StorageFullError(_full_message(path, doing))
     if code in (IOERR, PROTOCOL):
         return StorageUnavailableError(
             f"I/O error on {path} while {doing} ({error}); nothing was written. The disk or "

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
 
 from cidx_jobs.backend import BackendConfig, Options
-from cidx_jobs.errors import ConfigError
+from cidx_jobs.errors import ConfigError, ValidationError
 
 __all__ = ["SYNCHRONOUS_LEVELS", "SqliteOptions"]
 
 #: The values of the ``synchronous`` option, as SQLite names them.
 SYNCHRONOUS_LEVELS = ("off", "normal", "full", "extra")
+#: The files SQLite keeps beside a database, which a backup must never replace.
+COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
+#: The first bytes of every SQLite database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
 #: The values of the ``check_on_open`` option.
 CHECK_LEVELS = ("quick", "full", "off")
 
@@ -24,6 +29,10 @@ MAX_POOL_SIZE = 10
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 MAX_BUSY_TIMEOUT_MS = 600_000
 MAX_SIZE_MB = 16 * 1024 * 1024  # 16 TiB; SQLite's own limit is far beyond any job store
+#: The longest absolute database path SQLite opens, in bytes: its unix file system layer
+#: holds a path in 512 bytes, and needs 8 of them for the ``-journal`` suffix (a 505-byte
+#: path fails with SQLITE_CANTOPEN on 3.40). Checked before any folder is created.
+MAX_PATH_BYTES = 504
 
 
 @attrs.frozen(kw_only=True)
@@ -31,7 +40,8 @@ class SqliteOptions:
     """How to open and run an SQLite job store. Build it with :meth:`parse` or :meth:`from_config`,
     which validate every value.
 
-    :ivar path: the database file; missing parent folders are created.
+    :ivar path: the database file, absolute, at most :data:`MAX_PATH_BYTES` (504) bytes long;
+        missing parent folders are created.
     :ivar pool_size: the most connections open at once (5..10, default 10; opened as needed).
     :ivar busy_timeout_ms: how long a call waits for another connection's write lock
         (and for a free pooled connection) before it gives up with StorageBusyError
@@ -174,4 +184,69 @@ def _check_path(path: object) -> Path:
             "(e.g. sqlite:////var/lib/cidx/jobs.db)",
             option="path",
         )
-    return resolved.absolute()
+    absolute = resolved.absolute()
+    size = len(os.fsencode(absolute))
+    if size > MAX_PATH_BYTES:
+        raise ConfigError(
+            f"option 'path' is {size} bytes long as an absolute path ({absolute.parts[1]}/... "
+            f"with {len(absolute.parts) - 1} parts); SQLite opens paths of at most "
+            f"{MAX_PATH_BYTES} bytes: choose a shorter path (nothing was created)",
+            option="path",
+        )
+    return absolute
+
+
+def check_backup_target(database: Path, target: Path) -> None:
+    """Refuse, before any I/O that writes, a backup ``target`` that would destroy a database.
+
+    SQLite's backup writes a database file at ``target``: over the database itself or one
+    of its ``-wal``, ``-shm`` or ``-journal`` files (of this database, or of any database
+    beside which ``target`` sits) it would break every process that has it open.
+
+    :raises ValidationError: ``target`` is such a file, a folder, or an existing non-empty
+        file that is not an SQLite database (which the backup would not replace either).
+    """
+    own = [database, *(database.with_name(database.name + suffix) for suffix in COMPANION_SUFFIXES)]
+    resolved = Path(os.path.realpath(target))
+    for path in own:
+        if resolved == Path(os.path.realpath(path)) or _same_file(path, target):
+            what = "the database itself" if path == database else f"the database's {path.name}"
+            raise ValidationError(
+                f"cannot back up {database} to {target}: it is {what}, which the backup would "
+                "destroy; write the backup to another file",
+                field="target",
+            )
+    for suffix in COMPANION_SUFFIXES:
+        if target.name.endswith(suffix) and target.name != suffix:
+            owner = target.with_name(target.name[: -len(suffix)])
+            if owner.is_file():
+                raise ValidationError(
+                    f"cannot back up {database} to {target}: it is the {suffix} file of the "
+                    f"database {owner}, which the backup would break; write the backup to "
+                    "another file",
+                    field="target",
+                )
+    if target.is_dir():
+        raise ValidationError(
+            f"cannot back up {database} to {target}: it is a folder; name a file in it "
+            f"(e.g. {target / 'jobs-backup.db'})",
+            field="target",
+        )
+    try:
+        with target.open("rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except OSError:
+        return  # missing (the backup creates it), or unreadable (the backup reports that)
+    if head and head != SQLITE_HEADER:
+        raise ValidationError(
+            f"cannot back up {database} to {target}: that file exists and is not an SQLite "
+            "database, so the backup does not replace it; remove it, or choose another file",
+            field="target",
+        )
+
+
+def _same_file(left: Path, right: Path) -> bool:
+    try:
+        return os.path.samefile(left, right)
+    except OSError:
+        return False

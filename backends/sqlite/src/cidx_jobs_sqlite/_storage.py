@@ -18,12 +18,12 @@ from cidx_jobs import Checkpoint, JobFilter, JobStatus, SyncJob
 from cidx_jobs.backend import BackendConfig, HealthCheck, StatusChange, Storage, StorageInfo
 from cidx_jobs.errors import CidxJobsError, DuplicateJobError, StorageCorruptError, StorageError
 
-from . import _codec, _operations
+from . import _codec, _operations, _undecodable
 from . import _statements as sql
 from ._codec import EPOCH, MICROSECOND, decode_job
 from ._connection import Connector
-from ._errors import ConstraintError
-from ._options import SqliteOptions
+from ._errors import ConstraintError, UnreadableTextError
+from ._options import SqliteOptions, check_backup_target
 from ._pool import Connection, ConnectionPool
 from ._recovery import RecoveryReport
 from ._runner import ALL, CHANGES, ONE, ROWCOUNT, Runner, SqliteFaultInjector
@@ -140,7 +140,10 @@ class SqliteStorage(Storage):
             raise
 
     def get_job(self, job_id: str) -> SyncJob | None:
-        row = self._run(ONE, sql.SELECT_JOB, (job_id,), "loading a job")
+        try:
+            row = self._run(ONE, sql.SELECT_JOB, (job_id,), "loading a job")
+        except UnreadableTextError as error:  # text that is not UTF-8: name the job
+            raise _undecodable.row_error(self._path, (job_id,), error) from error
         if row is None:
             return None
         try:
@@ -172,7 +175,12 @@ class SqliteStorage(Storage):
         self, filter: JobFilter, after: tuple[datetime, str] | None, limit: int
     ) -> list[SyncJob]:
         statement, params = sql.select_statement(filter, after, limit)
-        rows = self._run(ALL, statement, params, "querying jobs")
+        try:
+            rows = self._run(ALL, statement, params, "querying jobs")
+        except UnreadableTextError as error:  # text that is not UTF-8: name the jobs
+            raise _undecodable.listing_error(
+                self._runner, self._path, statement, params, error
+            ) from error
         try:
             return [decode_job(row) for row in rows]
         except _UNREADABLE as error:
@@ -306,12 +314,13 @@ class SqliteStorage(Storage):
         return count
 
     def find_stale(self, before: datetime, exclude_owner: str, limit: int) -> list[SyncJob]:
-        rows = self._run(
-            ALL,
-            sql.FIND_STALE,
-            (exclude_owner, (before - EPOCH) // MICROSECOND, limit),
-            "finding jobs with expired leases",
-        )
+        params = (exclude_owner, (before - EPOCH) // MICROSECOND, limit)
+        try:
+            rows = self._run(ALL, sql.FIND_STALE, params, "finding jobs with expired leases")
+        except UnreadableTextError as error:  # text that is not UTF-8: name the jobs
+            raise _undecodable.listing_error(
+                self._runner, self._path, sql.FIND_STALE, params, error
+            ) from error
         try:
             return [decode_job(row) for row in rows]
         except _UNREADABLE as error:
@@ -364,10 +373,14 @@ class SqliteStorage(Storage):
         """Write a consistent copy of the database to ``target`` while the store stays in use
         (SQLite's online backup; an existing file at ``target`` is overwritten).
 
+        :raises ValidationError: ``target`` is the database or one of its ``-wal``, ``-shm``
+            or ``-journal`` files (or those of another database), a folder, or a file that
+            is not an SQLite database; nothing was written.
         :raises StoragePermissionError: ``target`` cannot be written.
         :raises StorageError: the copy failed; ``target`` may be incomplete.
         """
         destination = Path(target).absolute()
+        check_backup_target(self._path, destination)
         with self._runner.connection(f"backing up {self._path}", destination) as conn:
             with contextlib.closing(sqlite3.connect(destination)) as copy:
                 conn.backup(copy)
