@@ -11,18 +11,20 @@ import pluggy
 import pytest
 
 from cidx_jobs import (
+    Checkpoint,
     CleanupPolicy,
     CleanupReport,
     Hooks,
     JobPersistence,
     JobStatus,
     SyncJob,
+    _defaults,
     find_backend,
     get_plugin_manager,
     hookimpl,
     open_persistence,
 )
-from cidx_jobs._plugins import check_plugins
+from cidx_jobs._plugins import _DEBUG_ONLY_DEFAULTS, check_plugins
 from cidx_jobs.backend import BackendConfig, Capability
 from cidx_jobs.errors import PluginError
 from cidx_jobs.hookspecs import hookspec
@@ -288,6 +290,51 @@ def test_default_observers_log_status_changes(
     levels = {r.getMessage(): r.levelno for r in caplog.records}
     assert levels["job j1 failed: boom"] == logging.WARNING
     assert levels["job j2 is now completed"] == logging.INFO
+
+
+def test_debug_only_default_observers_log_when_debug_turns_on(
+    pm: pluggy.PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Hooks skips these observers while DEBUG is off; the level is read on every call.
+    hooks = Hooks(pm)
+    checkpoint = Checkpoint(job_id="j1", phase="clone", data={}, created_at=NOW)
+    job = SyncJob.create(id="j2", user_id="u", project_id="p", now=NOW)
+    with caplog.at_level(logging.INFO, logger="cidx_jobs"):
+        hooks.checkpoint_saved(checkpoint)
+        hooks.job_saved(job)
+    assert caplog.records == []
+    with caplog.at_level(logging.DEBUG, logger="cidx_jobs"):
+        hooks.checkpoint_saved(checkpoint)
+        hooks.job_saved(job)
+    assert [r.getMessage() for r in caplog.records] == [
+        "checkpoint j1/clone saved",
+        "job j2 saved for user u (status pending)",
+    ]
+
+
+def test_debug_only_default_observers_are_skipped_only_with_nothing_else_observing(
+    pm: pluggy.PluginManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The skip is sound only while each default observer logs at DEBUG alone.
+    checkpoint = Checkpoint(job_id="j1", phase="clone", data={}, created_at=NOW)
+    job = SyncJob.create(id="j2", user_id="u", project_id="p", now=NOW)
+    with caplog.at_level(logging.INFO, logger="cidx_jobs"):
+        for name in _DEBUG_ONLY_DEFAULTS:
+            getattr(_defaults, name)(checkpoint if "checkpoint" in name else job)
+    assert caplog.records == []
+
+    seen: list[str] = []
+
+    class Late:
+        @hookimpl
+        def cidx_jobs_checkpoint_saved(self, checkpoint):  # type: ignore[no-untyped-def]
+            seen.append(checkpoint.phase)
+
+    hooks = Hooks(pm)
+    hooks.checkpoint_saved(checkpoint)  # the default alone: skipped
+    pm.register(Late(), name="late")  # registered after the first call: seen at once
+    hooks.checkpoint_saved(checkpoint)
+    assert seen == ["clone"]
 
 
 def test_job_persistence_is_abstract() -> None:

@@ -222,6 +222,10 @@ def _probe_defaulted_arguments() -> bool:
 
 _PASSES_DEFAULTED: bool | None = None
 
+#: Event hooks whose default observer logs only at DEBUG (test_plugins checks this), so
+#: that with no other observer a call can be skipped while DEBUG is off.
+_DEBUG_ONLY_DEFAULTS = ("cidx_jobs_job_saved", "cidx_jobs_checkpoint_saved")
+
 
 class Hooks:
     """The typed facade through which the library calls its hooks.
@@ -252,11 +256,19 @@ class Hooks:
         self._observers: dict[str, tuple[_Observer, ...]] = {}
         self._backends: dict[str, Backend] | None = None
         self._checkpoint_default = True
+        #: The event hooks whose only observer is the default one, which logs at DEBUG.
+        self._debug_only: frozenset[str] = frozenset()
 
     def _current(self) -> None:
         if self._generation != self.pm.generation:
             self._observers = {}
             self._backends = None
+            self._debug_only = frozenset(
+                name
+                for name in _DEBUG_ONLY_DEFAULTS
+                if [impl.plugin_name for impl in getattr(self.pm.hook, name).get_hookimpls()]
+                == [_defaults.DEFAULTS_PLUGIN_NAME]
+            )
             impls = self.pm.hook.cidx_jobs_checkpoint_policy.get_hookimpls()
             self._checkpoint_default = (
                 len(impls) == 1 and impls[0].function is _defaults.cidx_jobs_checkpoint_policy
@@ -444,7 +456,14 @@ class Hooks:
     def _notify(self, hook_name: str, args: tuple[Any, ...]) -> None:
         # Each observer is called on its own: one that raises is logged and the
         # others still run; the write they observe has already happened.
-        for function, picks, keywords, plugin_name in self._observers_of(hook_name):
+        observers = self._observers_of(hook_name)
+        # Saves and checkpoints are the hot writes, and their default observer only logs
+        # at DEBUG: with nothing else observing them, not calling it saves about a
+        # microsecond a call (docs/performance.md). The level is read on every call, so
+        # turning DEBUG on takes effect at once.
+        if hook_name in self._debug_only and not logger.isEnabledFor(logging.DEBUG):
+            return
+        for function, picks, keywords, plugin_name in observers:
             try:
                 positional = args if picks is None else [args[index] for index in picks]
                 if keywords:

@@ -26,6 +26,9 @@ def check_id(value: object, field: str) -> str:
     """Return ``value`` if it is a usable identifier, else raise ValidationError."""
     if type(value) is not str:
         raise ValidationError(f"{field} must be a str, got {type(value).__name__}", field=field)
+    # Ids are ASCII in practice, and ASCII is always valid UTF-8: check only for NUL.
+    if 0 < len(value) <= MAX_ID_LENGTH and value.isascii() and "\x00" not in value:
+        return value
     if not value:
         raise ValidationError(f"{field} must not be empty", field=field)
     if len(value) > MAX_ID_LENGTH:
@@ -148,11 +151,13 @@ def encode_json_object(value: object, field: str) -> tuple[dict[str, Any], str]:
         # A flat object of exact JSON scalars comes back equal once it encoded (the encoder
         # rejects NaN, infinities and over-long ints): only nesting, tuples, subclasses and
         # other key types need the decode to prove it.
-        round_trips = _is_flat(obj) or _scan(encoded, 0)[0] == obj
+        flat = _is_flat(obj)
+        round_trips = flat or _scan(encoded, 0)[0] == obj
     except (TypeError, ValueError, RecursionError, UnicodeError):
-        round_trips = False
-    # A bracket count at or under the limit proves the depth is too.
-    if not round_trips or encoded.count("[") + encoded.count("{") > MAX_JSON_DEPTH:
+        flat = round_trips = False
+    # A flat object is one level deep; for another, a bracket count at or under the limit
+    # proves the depth is too.
+    if not flat and (not round_trips or encoded.count("[") + encoded.count("{") > MAX_JSON_DEPTH):
         _check_json_value(obj, field, 0)
         if not round_trips:
             raise ValidationError(f"{field} does not come back unchanged from JSON", field=field)

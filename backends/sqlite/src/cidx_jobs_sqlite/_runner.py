@@ -243,26 +243,35 @@ class Runner:
         conn = self._state.conn
         if conn is not None:
             return self._run_in_transaction(conn, mode, sql, params, doing)
-        if mode < ROWCOUNT and self._fault is None:
+        started = time.monotonic()
+        if mode < CHANGES and self._fault is None:
             idle = self.pool.take_idle()
             if idle is not None:
-                # The common read, inline: a read costs about 5 us, and the general path's
-                # frames, clock reads and deadline about 1 us more (docs/performance.md).
+                # The common call, inline: a statement costs 5-25 us, and the general
+                # path's frames, clock reads and deadline arithmetic cost 1-2 us more,
+                # about twice that once SQLite's work has cooled the caches
+                # (docs/performance.md). With a free connection there is no wait, so the
+                # busy timeout SQLite applies on its own is the call's whole budget, as
+                # in _attempt.
                 pool = self.pool
+                result: Any
                 try:
                     cursor = idle.execute(sql, params)
-                    result = cursor.fetchone() if mode == ONE else cursor.fetchall()
-                    if time.monotonic() >= self._next_check:
-                        self._check_file(idle)
+                    if mode == ROWCOUNT:
+                        result = cursor.rowcount
+                        self._check_written(idle)
+                    else:
+                        result = cursor.fetchone() if mode == ONE else cursor.fetchall()
+                        if started >= self._next_check:
+                            self._check_file(idle)
                 except sqlite3.Error as error:
                     self._give_back(idle, error)
-                    return self._after_error(error, mode, sql, params, time.monotonic(), doing)
+                    return self._after_error(error, mode, sql, params, started, doing)
                 except BaseException:
                     pool.release(idle)
                     raise
                 pool.release(idle)
                 return result
-        started = time.monotonic()
         try:
             return self._attempt(mode, sql, params, started)
         except sqlite3.Error as error:
@@ -311,13 +320,7 @@ class Runner:
             else:
                 result = self._execute(conn, mode, sql, params)
             if mode >= ROWCOUNT:
-                # The write is committed: make sure it went into the file at the path.
-                try:
-                    stat = os.stat(self._path_str)
-                except OSError:  # gone, or a folder of the path is gone or no folder now
-                    self._file_changed()
-                if (stat.st_dev, stat.st_ino) != conn.identity:
-                    self._file_changed()
+                self._check_written(conn)
             elif time.monotonic() >= self._next_check:
                 # Reads check now and then.
                 self._check_file(conn)
@@ -383,6 +386,16 @@ class Runner:
             pool.release(conn)
 
     # -- the file under the path -------------------------------------------------------------
+
+    def _check_written(self, conn: Connection) -> None:
+        # The write is committed: make sure it went into the file at the path, so that
+        # the call that wrote into a removed or replaced file raises (docs/sqlite.md).
+        try:
+            stat = os.stat(self._path_str)
+        except OSError:  # gone, or a folder of the path is gone or no folder now
+            self._file_changed()
+        if (stat.st_dev, stat.st_ino) != conn.identity:
+            self._file_changed()
 
     def _check_file(self, conn: Connection) -> None:
         self._next_check = time.monotonic() + IDENTITY_CHECK_INTERVAL
