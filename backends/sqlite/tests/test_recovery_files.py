@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import os
 import shutil
 import stat
 import subprocess
 import sys
-import sysconfig
 import tarfile
 import tempfile
 import textwrap
@@ -300,6 +300,29 @@ def become_nobody() -> None:
     os.setuid(NOBODY)
 
 
+def importable_by_nobody(folder: Path) -> Path:
+    """A copy, in ``folder``, of the packages the service's script imports: where they are
+    installed (a root-only pyenv, an editable install in a private clone) the user nobody
+    may not be able to read them."""
+    lib = folder / "lib"
+    lib.mkdir()
+    names = ("cidx_jobs", "cidx_jobs_sqlite", "attr", "attrs", "cattrs", "pluggy")
+    for name in (*names, "typing_extensions", "exceptiongroup"):
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            assert name not in names, f"{name} is not importable here"
+            continue
+        if spec.submodule_search_locations:
+            source = Path(next(iter(spec.submodule_search_locations)))
+            shutil.copytree(source, lib / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            assert spec.origin is not None
+            shutil.copy(spec.origin, lib / Path(spec.origin).name)
+    for path in (lib, *lib.rglob("*")):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    return lib
+
+
 def interpreter_for_nobody() -> str:
     """This Python, or the system's of the same version when this one lives where the
     user ``nobody`` cannot reach it (a root-owned pyenv, say)."""
@@ -337,8 +360,8 @@ def test_root_recovering_a_service_users_file_keeps_its_owner(
     # The service, as its own user, goes on with the recovered file.
     script = textwrap.dedent(
         """
-        import site, sys
-        site.addsitedir(sys.argv[2])
+        import sys
+        sys.path.insert(0, sys.argv[2])
         from cidx_jobs import Hooks, JobPersistence, SyncJob, get_plugin_manager
         from cidx_jobs_sqlite import SqliteOptions, SqliteStorage
         store = JobPersistence(SqliteStorage(SqliteOptions.parse(sys.argv[1], {})),
@@ -350,7 +373,7 @@ def test_root_recovering_a_service_users_file_keeps_its_owner(
 
     python = interpreter_for_nobody()
     result = subprocess.run(
-        [python, "-c", script, str(path), sysconfig.get_paths()["purelib"]],
+        [python, "-c", script, str(path), str(importable_by_nobody(shared_folder))],
         preexec_fn=become_nobody,
         capture_output=True,
         text=True,
