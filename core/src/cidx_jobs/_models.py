@@ -543,6 +543,29 @@ class CleanupPolicy:
 
 
 @attrs.frozen(kw_only=True)
+class Lease:
+    """A worker's hold on a running job, from :meth:`JobPersistence.claim_job`.
+
+    Pass it as ``lease=`` to the job's progress, checkpoint and status writes:
+    each such write checks, in the statement that stores it, that the job is
+    still running under this very lease, and otherwise stores nothing and raises
+    :class:`~cidx_jobs.errors.LeaseLostError` (fencing). Every claim and every
+    take-over by recovery issues a new token, so a lease lost once stays lost,
+    even if the job comes back to the same store later.
+
+    :ivar job_id: the job held.
+    :ivar owner_id: the store instance holding it (its ``owner_id``).
+    :ivar token: the lease's unique token, stored with the job.
+    :ivar claimed_at: when the lease was taken (the store's clock).
+    """
+
+    job_id: str
+    owner_id: str
+    token: str
+    claimed_at: datetime
+
+
+@attrs.frozen(kw_only=True)
 class ResumePoint:
     """An interrupted job and the checkpoint it resumes from (``None``: start over)."""
 

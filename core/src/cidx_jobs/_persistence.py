@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _validate as v
 from ._config import StoreSettings
@@ -22,6 +22,7 @@ from ._models import (
     JobFilter,
     JobPage,
     JobStatus,
+    Lease,
     RecoveryReport,
     ResumePoint,
     SyncJob,
@@ -29,13 +30,15 @@ from ._models import (
 )
 from ._plugins import Hooks
 from .backend import StatusChange, Storage
-from .errors import JobNotFoundError, PluginError, ValidationError
+from .errors import JobNotFoundError, LeaseLostError, PluginError, ValidationError
 
 logger = logging.getLogger("cidx_jobs")
 
 _CHECKPOINT_MEMORY = 10_000
 _RECOVERY_BATCH = 500
 _DEFAULT_BATCH = 1000
+#: What claim_job() starts by default: a job waiting to run, or one to resume.
+_CLAIMABLE = frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.INTERRUPTED})
 
 
 def _with_lease(
@@ -137,9 +140,14 @@ class JobPersistence:
         self._local = _Local()
         self._checkpoint_times: dict[tuple[str, str], datetime] = {}
         self._checkpoint_lock = threading.Lock()
-        #: Who this store instance is, for job leases: host, process and a random part.
-        self.owner_id: str = self._settings.owner_id or (
-            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        #: Who this store instance is, for job leases: the ``owner_id`` setting (by default
+        #: host and process) and a random part. The random part is never configured: a
+        #: lease belongs to one incarnation, so a worker restarted under the same name
+        #: neither keeps its predecessor's jobs alive with its heartbeats nor skips them
+        #: when it recovers.
+        self.owner_id: str = (
+            f"{self._settings.owner_id or f'{socket.gethostname()}:{os.getpid()}'}"
+            f":{secrets.token_hex(4)}"
         )
 
     @property
@@ -201,6 +209,7 @@ class JobPersistence:
         *,
         error_message: str | None = None,
         expected: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        lease: Lease | None = None,
     ) -> bool:
         """Change a job's status; ``True`` if it was changed.
 
@@ -214,33 +223,111 @@ class JobPersistence:
         running makes this store the job's owner and starts its lease. See
         :class:`StatusChange` for the exact rules.
 
+        With ``lease`` (from :meth:`claim_job`) the change is fenced: it applies
+        only while the job is running under that lease, e.g. a worker finishing
+        its job. A move to running takes a new lease, so it cannot be fenced:
+        use :meth:`claim_job`.
+
         :returns: ``False`` for an unknown id or a change that does not apply.
-        :raises ValidationError: an argument is invalid (e.g. an unknown status).
+        :raises ValidationError: an argument is invalid (e.g. an unknown status, a
+            lease of another job, a lease with ``expected`` or with a move to running).
+        :raises LeaseLostError: with ``lease``: the job no longer runs under it;
+            nothing was changed.
         """
+        job_id = v.check_id(job_id, "job_id")
+        new_status = JobStatus.parse(status)
+        fence = None
+        if lease is not None:
+            fence = self._check_lease(lease, job_id)
+            if expected is not None:
+                raise ValidationError(
+                    "expected and lease exclude each other: a fenced change applies to the "
+                    "running job of the lease only",
+                    field="expected",
+                )
+            if new_status is JobStatus.RUNNING:
+                raise ValidationError(
+                    "a move to running takes a new lease: call claim_job() instead",
+                    field="status",
+                )
         change = StatusChange(
-            status=JobStatus.parse(status),
+            status=new_status,
             error_message=v.check_optional_text(error_message, "error_message"),
             expected=_expected(expected),
             now=self._now(),
             owner=self.owner_id,
+            fence=fence,
         )
-        changed = self._storage.set_status(v.check_id(job_id, "job_id"), change)
+        changed = self._storage.set_status(job_id, change)
+        if not changed and lease is not None:
+            self._lease_lost(lease)
         if changed:
             self._emit(
                 self._hooks.status_changed, job_id, change.status, change.error_message, change.now
             )
         return changed
 
-    def update_job_progress(self, job_id: str, progress: int, phase: str | None = None) -> bool:
+    def update_job_progress(
+        self, job_id: str, progress: int, phase: str | None = None, *, lease: Lease | None = None
+    ) -> bool:
         """Set a job's progress (0..100) and, unless ``phase`` is ``None``, its phase.
 
+        With ``lease`` (from :meth:`claim_job`) the write is fenced: it is stored
+        only while the job is running under that lease.
+
         :returns: ``False`` for an unknown id.
-        :raises ValidationError: ``progress`` is not an int in 0..100, or an id or phase is invalid.
+        :raises ValidationError: ``progress`` is not an int in 0..100, an id or
+            phase is invalid, or ``lease`` is not a Lease of this job.
+        :raises LeaseLostError: with ``lease``: the job was cancelled, finished,
+            deleted or taken over; nothing was stored.
         """
         job_id = v.check_id(job_id, "job_id")
         progress = v.check_int(progress, "progress", minimum=0, maximum=100)
         phase = v.check_optional_text(phase, "phase")
-        return self._storage.set_progress(job_id, progress, phase)
+        if lease is None:
+            return self._storage.set_progress(job_id, progress, phase)
+        fence = self._check_lease(lease, job_id)
+        if not self._storage.set_progress(job_id, progress, phase, fence=fence):
+            self._lease_lost(lease)
+        return True
+
+    def claim_job(
+        self,
+        job_id: str,
+        *,
+        expected: JobStatus | str | Iterable[JobStatus | str] | None = None,
+    ) -> Lease | None:
+        """Start a job: move it to running under a new lease of this store, and return the
+        lease, or ``None`` if the job is unknown or not in an ``expected`` status.
+
+        A compare-and-set: of several workers claiming one job, exactly one gets
+        the lease. Pass the lease to the worker's writes (``lease=``) to fence
+        them: once the job is cancelled, finished, deleted or taken over by
+        recovery, they store nothing and raise
+        :class:`~cidx_jobs.errors.LeaseLostError`. Keep the lease alive with
+        :meth:`heartbeat`. Fires ``cidx_jobs_status_changed``.
+
+        :param expected: the statuses a job may be claimed from; default pending,
+            queued and interrupted. Name running to take a running job from its
+            current holder, whose lease is then lost.
+        :raises ValidationError: an argument is invalid.
+        """
+        job_id = v.check_id(job_id, "job_id")
+        statuses = _expected(expected)
+        now = self._now()
+        token = secrets.token_hex(8)
+        change = StatusChange(
+            status=JobStatus.RUNNING,
+            error_message=None,
+            expected=_CLAIMABLE if statuses is None else statuses,
+            now=now,
+            owner=self.owner_id,
+            lease=token,
+        )
+        if not self._storage.set_status(job_id, change):
+            return None
+        self._emit(self._hooks.status_changed, job_id, JobStatus.RUNNING, None, now)
+        return Lease(job_id=job_id, owner_id=self.owner_id, token=token, claimed_at=now)
 
     def query_jobs(self, filter: JobFilter | None = None) -> list[SyncJob]:
         """The jobs matching ``filter``, newest first; an empty list when none match.
@@ -341,21 +428,30 @@ class JobPersistence:
         self._emit(self._hooks.cleanup_done, report)
         return report
 
-    def save_checkpoint(self, job_id: str, phase: str, data: Mapping[str, Any]) -> bool:
+    def save_checkpoint(
+        self, job_id: str, phase: str, data: Mapping[str, Any], *, lease: Lease | None = None
+    ) -> bool:
         """Store the checkpoint of one phase of a job, replacing that phase's previous one.
 
         The checkpoint policy hook may skip the write (throttling); a skipped
         write keeps the previous checkpoint, fires ``cidx_jobs_checkpoint_skipped``
         and returns ``True`` if the job exists.
 
+        With ``lease`` (from :meth:`claim_job`) the write is fenced: it is stored
+        only while the job is running under that lease.
+
         :returns: ``False`` if the job does not exist.
-        :raises ValidationError: an argument is invalid, or ``data`` is not a
-            JSON-compatible dict within ``max_metadata_bytes``.
+        :raises ValidationError: an argument is invalid, ``data`` is not a
+            JSON-compatible dict within ``max_metadata_bytes``, or ``lease`` is
+            not a Lease of this job.
+        :raises LeaseLostError: with ``lease``: the job was cancelled, finished,
+            deleted or taken over; nothing was stored.
         """
         job_id = v.check_id(job_id, "job_id")
         phase = v.check_id(phase, "phase")
         data, data_json = v.encode_json_object(data, "data")
         v.check_size(data_json, self._settings.max_metadata_bytes, "data")
+        fence = None if lease is None else self._check_lease(lease, job_id)
         now = self._now()
         # The default policy writes every checkpoint and never reads when the last one was
         # written: with it alone, skip the policy call and the memory it would read.
@@ -364,13 +460,21 @@ class JobPersistence:
             job_id, phase, data, self._checkpoint_times.get((job_id, phase)), now
         ):
             # A read is far cheaper than the write the policy saved.
-            if self._storage.get_job(job_id) is None:
+            job = self._storage.get_job(job_id)
+            if lease is not None and (
+                job is None or job.status is not JobStatus.RUNNING or job.owner_id != lease.owner_id
+            ):
+                self._lease_lost(lease)
+            if job is None:
                 return False
             self._emit(self._hooks.checkpoint_skipped, job_id, phase, now)
             return True
         checkpoint = Checkpoint.from_trusted(job_id=job_id, phase=phase, data=data, created_at=now)
-        if not self._storage.upsert_checkpoint(checkpoint, data_json):
-            return False
+        if fence is None:
+            if not self._storage.upsert_checkpoint(checkpoint, data_json):
+                return False
+        elif not self._storage.upsert_checkpoint(checkpoint, data_json, fence=fence):
+            self._lease_lost(lease)  # type: ignore[arg-type]  # fence implies lease
         # Deferred like an event: a rolled-back write must not count for throttling.
         self._emit(self._checkpoint_written if policy else self._hooks.checkpoint_saved, checkpoint)
         return True
@@ -536,6 +640,31 @@ class JobPersistence:
 
     def _now(self) -> datetime:
         return self._settings.clock()
+
+    def _check_lease(self, lease: object, job_id: str) -> str:
+        if not isinstance(lease, Lease):
+            raise ValidationError(
+                f"lease must be a Lease from claim_job(), got {type(lease).__name__}",
+                field="lease",
+            )
+        if lease.job_id != job_id:
+            raise ValidationError(
+                f"the lease is on job {lease.job_id!r}, not on {job_id!r}", field="lease"
+            )
+        return lease.token
+
+    def _lease_lost(self, lease: Lease) -> NoReturn:
+        # The fenced write stored nothing; this read only explains why.
+        job = self._storage.get_job(lease.job_id)
+        if job is None:
+            raise LeaseLostError(lease.job_id, "the job no longer exists")
+        if job.status is not JobStatus.RUNNING:
+            reason = f"the job is {job.status.value} now"
+        elif job.owner_id != lease.owner_id:
+            reason = f"owner {job.owner_id} holds the job now"
+        else:
+            reason = "the job was claimed again since this lease was issued"
+        raise LeaseLostError(lease.job_id, reason, status=job.status, owner_id=job.owner_id)
 
     def _check_filter(self, filter: JobFilter | None) -> JobFilter:
         if filter is None:

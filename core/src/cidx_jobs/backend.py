@@ -88,8 +88,12 @@ class StatusChange:
       ``interrupted`` keeps it.
     * ``error_message`` replaces the stored one when given, else is kept.
     * A move to running with an ``owner`` takes the job's lease: ``owner_id``
-      becomes ``owner`` and ``heartbeat_at`` becomes ``now``. Other changes
-      keep the lease.
+      becomes ``owner``, ``heartbeat_at`` becomes ``now`` and the stored lease
+      token becomes ``lease`` (``None`` clears it). Other changes keep the lease.
+    * With ``fence`` (a fenced write), the change applies only if the job is
+      running and its stored lease token is ``fence``, checked in the same
+      atomic step as the change itself. A storage keeps the token beside the
+      job: it is not a field of :class:`~cidx_jobs.SyncJob`.
     """
 
     status: JobStatus
@@ -97,6 +101,10 @@ class StatusChange:
     expected: frozenset[JobStatus] | None
     now: datetime
     owner: str | None = None
+    #: The lease token a move to running records (see :class:`~cidx_jobs.Lease`).
+    lease: str | None = None
+    #: The lease token the job must hold for the change to apply.
+    fence: str | None = None
 
     @property
     def takes_lease(self) -> bool:
@@ -321,16 +329,22 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def set_status(self, job_id: str, change: StatusChange) -> bool:
-        """Apply ``change`` atomically, following :class:`StatusChange`'s rules.
+        """Apply ``change`` atomically, following :class:`StatusChange`'s rules
+        (its ``fence`` included).
 
         :returns: ``False`` if the job is unknown or the change does not apply.
         """
 
     @abc.abstractmethod
-    def set_progress(self, job_id: str, progress: int, phase: str | None) -> bool:
+    def set_progress(
+        self, job_id: str, progress: int, phase: str | None, *, fence: str | None = None
+    ) -> bool:
         """Set progress and, unless ``phase`` is ``None``, the phase.
 
-        :returns: ``False`` if the job is unknown.
+        :param fence: a lease token: then write only if the job is running and
+            holds this token, checked in the same atomic step as the write.
+        :returns: ``False`` if the job is unknown (or, with ``fence``, does not
+            hold the lease); nothing was written.
         """
 
     @abc.abstractmethod
@@ -369,10 +383,15 @@ class Storage(abc.ABC):
         for a dry run; deletes nothing."""
 
     @abc.abstractmethod
-    def upsert_checkpoint(self, checkpoint: Checkpoint, data_json: str) -> bool:
+    def upsert_checkpoint(
+        self, checkpoint: Checkpoint, data_json: str, *, fence: str | None = None
+    ) -> bool:
         """Insert or replace the checkpoint of ``(job_id, phase)``; ``data_json`` is its data.
 
-        :returns: ``False`` if the job is unknown (nothing was written).
+        :param fence: a lease token: then write only if the job is running and
+            holds this token, checked in the same atomic step as the write.
+        :returns: ``False`` if the job is unknown (or, with ``fence``, does not
+            hold the lease); nothing was written.
         """
 
     @abc.abstractmethod
@@ -407,7 +426,8 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
         """Atomically, if the stored job still has ``job``'s status, ``owner_id`` and
-        ``heartbeat_at``, set its status, ``owner_id = owner`` and ``heartbeat_at = now``.
+        ``heartbeat_at``, set its status, ``owner_id = owner`` and ``heartbeat_at = now``,
+        and clear its lease token (so that the writes of the lease's holder are refused).
 
         :returns: ``False`` if anything of the three changed meanwhile (another
             recoverer won, or the owner renewed its lease).

@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "DuplicateJobError",
     "JobNotFoundError",
+    "LeaseLostError",
     "PluginError",
     "SchemaVersionError",
     "StorageBusyError",
@@ -61,6 +62,33 @@ class JobNotFoundError(CidxJobsError, LookupError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no job with id {job_id!r}")
         self.job_id = job_id
+
+
+class LeaseLostError(CidxJobsError):
+    """A write made on behalf of a job lease that is no longer held; nothing was stored.
+
+    The job was taken over by another owner (recovery after the lease expired, or
+    claimed again), or it is no longer running (cancelled, finished, released), or
+    it was deleted. The worker holding the lease must stop working on the job: its
+    results would overwrite those of the job's current owner.
+
+    :ivar job_id: the job.
+    :ivar status: the job's status when the write was refused, or ``None`` if it
+        no longer exists.
+    :ivar owner_id: the job's owner then, or ``None``.
+    """
+
+    def __init__(
+        self, job_id: str, reason: str, *, status: object = None, owner_id: str | None = None
+    ) -> None:
+        super().__init__(
+            f"the lease on job {job_id!r} is lost ({reason}); the write was not stored: "
+            "stop working on this job"
+        )
+        self.job_id = job_id
+        self.reason = reason
+        self.status = status
+        self.owner_id = owner_id
 
 
 class ConfigError(CidxJobsError, ValueError):
