@@ -69,6 +69,7 @@ ASSERTING_MODULES = tuple(
         "_edges",
         "_events",
         "_faults",
+        "_fencing",
         "_lifecycle",
         "_limits",
         "_persistent",
@@ -93,6 +94,7 @@ _EXPORTS = {
     "CrudContract": "_crud",
     "EventContract": "_events",
     "FaultContract": "_faults",
+    "FencingContract": "_fencing",
     "IsolationContract": "_query",
     "JobStoreContract": "_contract",
     "LifecycleContract": "_lifecycle",
@@ -125,6 +127,7 @@ if TYPE_CHECKING:
     from ._edges import TimeRangeContract
     from ._events import EventContract
     from ._faults import FaultContract
+    from ._fencing import FencingContract
     from ._lifecycle import LifecycleContract
     from ._limits import LimitContract
     from ._model import ReferenceModel
@@ -158,6 +161,7 @@ __all__ = [
     "CrudContract",
     "EventContract",
     "FaultContract",
+    "FencingContract",
     "IsolationContract",
     "JobStoreContract",
     "LifecycleContract",

@@ -9,6 +9,7 @@ from ._crud import CrudContract
 from ._edges import TimeRangeContract
 from ._events import EventContract
 from ._faults import FaultContract
+from ._fencing import FencingContract
 from ._lifecycle import LifecycleContract
 from ._limits import LimitContract
 from ._persistent import PersistenceContract
@@ -39,6 +40,7 @@ class JobStoreContract(
     StatefulContract,
     LifecycleContract,
     LimitContract,
+    FencingContract,
 ):
     """Every contract test. Subclass it as ``Test...`` in a backend's tests and override
     ``base_config`` (the configuration naming the backend, e.g. ``"sqlite://"``).

@@ -40,6 +40,8 @@ class MemoryStorage(Storage):
         self._lock = threading.RLock()
         self._jobs: dict[str, tuple[SyncJob, str]] = {}
         self._checkpoints: dict[str, dict[str, tuple[datetime, str]]] = {}
+        #: Each job's lease token (absent: none), kept beside the job as a database would.
+        self._leases: dict[str, str] = {}
         self._order: list[_Key] = []
         self._by_user: dict[str, list[_Key]] = {}
         self._by_project: dict[str, list[_Key]] = {}
@@ -74,6 +76,17 @@ class MemoryStorage(Storage):
         if self._undo is not None:
             self._undo.append(undo)
 
+    def _set_lease(self, job_id: str, token: str | None) -> None:
+        previous = self._leases.pop(job_id, None)
+        if token is not None:
+            self._leases[job_id] = token
+        self._record(lambda: self._set_lease(job_id, previous))
+
+    def _holds(self, job: SyncJob, fence: str | None) -> bool:
+        return fence is None or (
+            job.status is JobStatus.RUNNING and self._leases.get(job.id) == fence
+        )
+
     def _index_add(self, job: SyncJob) -> None:
         key = _key(job)
         bisect.insort(self._order, key)
@@ -102,6 +115,7 @@ class MemoryStorage(Storage):
         job, metadata_json = self._jobs.pop(job_id)
         self._index_remove(job)
         checkpoints = self._checkpoints.pop(job_id, None)
+        self._set_lease(job_id, None)
 
         def undo() -> None:
             self._put(job, metadata_json)
@@ -145,18 +159,22 @@ class MemoryStorage(Storage):
     def set_status(self, job_id: str, change: StatusChange) -> bool:
         with self._locked():
             row = self._jobs.get(job_id)
-            if row is None:
+            if row is None or not self._holds(row[0], change.fence):
                 return False
             updated = change.apply(row[0])
             if updated is None:
                 return False
             self._put(updated, row[1])
+            if change.takes_lease:
+                self._set_lease(job_id, change.lease)
             return True
 
-    def set_progress(self, job_id: str, progress: int, phase: str | None) -> bool:
+    def set_progress(
+        self, job_id: str, progress: int, phase: str | None, *, fence: str | None = None
+    ) -> bool:
         with self._locked():
             row = self._jobs.get(job_id)
-            if row is None:
+            if row is None or not self._holds(row[0], fence):
                 return False
             job = row[0]
             self._put(
@@ -241,9 +259,12 @@ class MemoryStorage(Storage):
             doomed = list(self._expired(cutoffs))
             return len(doomed), sum(len(self._checkpoints.get(job_id, ())) for job_id in doomed)
 
-    def upsert_checkpoint(self, checkpoint: Checkpoint, data_json: str) -> bool:
+    def upsert_checkpoint(
+        self, checkpoint: Checkpoint, data_json: str, *, fence: str | None = None
+    ) -> bool:
         with self._locked():
-            if checkpoint.job_id not in self._jobs:
+            row = self._jobs.get(checkpoint.job_id)
+            if row is None or not self._holds(row[0], fence):
                 return False
             phases = self._checkpoints.setdefault(checkpoint.job_id, {})
             previous = phases.get(checkpoint.phase)
@@ -314,6 +335,7 @@ class MemoryStorage(Storage):
             self._put(
                 attrs.evolve(current, status=status, owner_id=owner, heartbeat_at=now), row[1]
             )
+            self._set_lease(job.id, None)
             return True
 
     @contextmanager
@@ -335,6 +357,7 @@ class MemoryStorage(Storage):
         with self._lock:
             self._closed = True
             self._jobs.clear()
+            self._leases.clear()
             self._checkpoints.clear()
             self._order.clear()
             self._by_user.clear()

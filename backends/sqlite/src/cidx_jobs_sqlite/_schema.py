@@ -105,6 +105,11 @@ _V3 = (
 )
 
 
+# Fenced leases: the token of the lease a worker holds on a running job (JobPersistence.
+# claim_job). Rows of earlier versions get NULL: no lease, which no fenced write matches.
+_V4 = ("ALTER TABLE sync_jobs ADD COLUMN lease_token TEXT",)
+
+
 @attrs.frozen(kw_only=True)
 class Migration:
     """One forward step of the schema.
@@ -138,6 +143,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         version=3,
         description="order the index sync_jobs_created by id as well, for deep offset pages",
         statements=_V3,
+    ),
+    Migration(
+        version=4,
+        description="add the lease token column lease_token, for fenced writes",
+        statements=_V4,
     ),
 )
 

@@ -30,6 +30,18 @@ INSERT_CHECKPOINT = (
 SELECT_JOB = f"SELECT {JOB_COLUMNS_SQL} FROM sync_jobs WHERE id = ?"
 SET_PROGRESS = "UPDATE sync_jobs SET progress = ? WHERE id = ?"
 SET_PROGRESS_PHASE = "UPDATE sync_jobs SET progress = ?, phase = ? WHERE id = ?"
+# Fenced writes: the lease is checked in the statement that writes, so no other writer can
+# come between the check and the write.
+FENCE = "status = 'running' AND lease_token = ?"
+SET_PROGRESS_FENCED = f"{SET_PROGRESS} AND {FENCE}"
+SET_PROGRESS_PHASE_FENCED = f"{SET_PROGRESS_PHASE} AND {FENCE}"
+# INSERT ... SELECT needs its WHERE for SQLite to parse the ON CONFLICT clause after it.
+INSERT_CHECKPOINT_FENCED = (
+    "INSERT INTO job_checkpoints (job_id, phase, data, created_at) SELECT ?, ?, ?, ? "
+    f"WHERE EXISTS (SELECT 1 FROM sync_jobs WHERE id = ? AND {FENCE}) "
+    "ON CONFLICT (job_id, phase) DO UPDATE SET data = excluded.data, "
+    "created_at = excluded.created_at"
+)
 SELECT_CHECKPOINT = "SELECT data, created_at FROM job_checkpoints WHERE job_id = ? AND phase = ?"
 SELECT_CHECKPOINT_DATA = "SELECT data FROM job_checkpoints WHERE job_id = ? AND phase = ?"
 SELECT_CHECKPOINTS = (
@@ -55,7 +67,7 @@ FIND_STALE = (
 )
 # A compare-and-set on the lease as FIND_STALE read it; IS compares NULLs as equal.
 TAKE_OVER = (
-    "UPDATE sync_jobs SET status = ?, owner_id = ?, heartbeat_at = ? "
+    "UPDATE sync_jobs SET status = ?, owner_id = ?, heartbeat_at = ?, lease_token = NULL "
     "WHERE id = ? AND status = ? AND owner_id IS ? AND heartbeat_at IS ?"
 )
 #: Copies the write-ahead log into the database without waiting for readers or writers.
@@ -88,6 +100,7 @@ def status_sql(
     has_error: bool,
     expected: frozenset[JobStatus] | None,
     takes_lease: bool = False,
+    fenced: bool = False,
 ) -> str:
     """One UPDATE applying StatusChange's rules. What depends on the new status is decided
     here; what depends on the stored row is a CASE (SET expressions see the old row).
@@ -100,6 +113,7 @@ def status_sql(
         if takes_lease:
             sets.append("owner_id = ?")
             sets.append("heartbeat_at = ?")
+            sets.append("lease_token = ?")
     if status in TERMINAL_STATUSES:
         # Entering a terminal status stamps completed_at; moving between terminal
         # statuses keeps it.
@@ -118,10 +132,12 @@ def status_sql(
     elif status in ACTIVE_STATUSES:
         # Last write wins, but a finished job never goes back to an active status.
         where += f" AND status NOT IN {TERMINAL_SQL}"
+    if fenced:
+        where += f" AND {FENCE}"
     return f"UPDATE sync_jobs SET {', '.join(sets)} WHERE {where}"
 
 
-_status_cache: dict[tuple[JobStatus, bool, frozenset[JobStatus] | None, bool], str] = {}
+_status_cache: dict[tuple[JobStatus, bool, frozenset[JobStatus] | None, bool, bool], str] = {}
 
 
 def status_statement(job_id: str, change: StatusChange) -> tuple[str, list[Any]]:
@@ -130,11 +146,14 @@ def status_statement(job_id: str, change: StatusChange) -> tuple[str, list[Any]]
     has_error = change.error_message is not None
     owner = change.owner
     takes_lease = owner is not None and status is JobStatus.RUNNING
-    key = (status, has_error, change.expected, takes_lease)
+    fenced = change.fence is not None
+    key = (status, has_error, change.expected, takes_lease, fenced)
     sql = _status_cache.get(key)
     if sql is None:
         # A plain dict, not lru_cache: the shapes are few, and a dict read is the cheapest.
-        sql = _status_cache[key] = status_sql(status, has_error, change.expected, takes_lease)
+        sql = _status_cache[key] = status_sql(
+            status, has_error, change.expected, takes_lease, fenced
+        )
     now = (change.now - EPOCH) // MICROSECOND
     params: list[Any] = [status.value]
     if status is JobStatus.RUNNING:
@@ -142,11 +161,14 @@ def status_statement(job_id: str, change: StatusChange) -> tuple[str, list[Any]]
         if takes_lease:
             params.append(owner)
             params.append(now)
+            params.append(change.lease)
     if status in TERMINAL_STATUSES:
         params.append(now)
     if has_error:
         params.append(change.error_message)
     params.append(job_id)
+    if fenced:
+        params.append(change.fence)
     return sql, params
 
 

@@ -156,9 +156,19 @@ class SqliteStorage(Storage):
         count: int = self._run(ROWCOUNT, statement, params, "updating a job's status")
         return count > 0
 
-    def set_progress(self, job_id: str, progress: int, phase: str | None) -> bool:
+    def set_progress(
+        self, job_id: str, progress: int, phase: str | None, *, fence: str | None = None
+    ) -> bool:
         count: int
-        if phase is None:
+        if fence is not None:
+            params: tuple[Any, ...]
+            if phase is None:
+                statement, params = sql.SET_PROGRESS_FENCED, (progress, job_id, fence)
+            else:
+                statement = sql.SET_PROGRESS_PHASE_FENCED
+                params = (progress, phase, job_id, fence)
+            count = self._run(ROWCOUNT, statement, params, "updating a job's progress")
+        elif phase is None:
             count = self._run(
                 ROWCOUNT, sql.SET_PROGRESS, (progress, job_id), "updating a job's progress"
             )
@@ -252,7 +262,17 @@ class SqliteStorage(Storage):
 
     # -- checkpoints ---------------------------------------------------------------------------
 
-    def upsert_checkpoint(self, checkpoint: Checkpoint, data_json: str) -> bool:
+    def upsert_checkpoint(
+        self, checkpoint: Checkpoint, data_json: str, *, fence: str | None = None
+    ) -> bool:
+        if fence is not None:
+            count: int = self._run(
+                ROWCOUNT,
+                sql.INSERT_CHECKPOINT_FENCED,
+                (*sql.checkpoint_params(checkpoint, data_json), checkpoint.job_id, fence),
+                "saving a checkpoint",
+            )
+            return count > 0
         try:
             self._run(
                 ROWCOUNT,
