@@ -32,7 +32,7 @@ def test_every_public_name_resolves_and_has_a_docstring() -> None:
 
 
 def test_the_contract_combines_every_mixin_and_none_is_collected_alone() -> None:
-    assert len(MIXINS) == 19
+    assert len(MIXINS) == 20
     for mixin in MIXINS:
         assert issubclass(JobStoreContract, mixin)
         assert issubclass(mixin, StoreFixtures)

@@ -35,6 +35,7 @@ EXPECTED_COLUMNS = {
         ("metadata", "TEXT", 1, 0),
         ("owner_id", "TEXT", 0, 0),
         ("heartbeat_at", "INTEGER", 0, 0),
+        ("lease_token", "TEXT", 0, 0),
     ],
     "job_checkpoints": [
         ("job_id", "TEXT", 1, 1),

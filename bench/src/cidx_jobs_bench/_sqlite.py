@@ -87,6 +87,7 @@ def status_params(status: JobStatus, now_us: int, job_id: str, owner: str) -> li
         if LEASES:
             params.append(owner)
             params.append(now_us)
+            params.append(None)  # an unfenced move to running clears the lease token
     if status.is_terminal:
         params.append(now_us)
     params.append(job_id)

@@ -42,7 +42,8 @@ def _nothing_late_stored(store: JobPersistence, job_id: str, status: JobStatus) 
     job = store.load_job(job_id)
     assert job is not None
     assert job.status is status
-    assert job.progress != 77 and job.phase != "late"
+    assert job.progress != 77
+    assert job.phase != "late"
     assert store.load_checkpoint(job_id, "late") is None
 
 
@@ -104,7 +105,8 @@ class FencingContract(StoreFixtures):
         first = _claimed(store)
         assert store.update_job_status("j", JobStatus.QUEUED, lease=first)
         second = store.claim_job("j")  # the same store, the same owner: a new lease
-        assert second is not None and second.token != first.token
+        assert second is not None
+        assert second.token != first.token
         with pytest.raises(LeaseLostError):
             WRITES[write](store, first)
         _nothing_late_stored(store, "j", JobStatus.RUNNING)
@@ -136,7 +138,8 @@ class FencingContract(StoreFixtures):
         with pytest.raises(ValidationError):
             store.update_job_status("a", JobStatus.FAILED, expected="running", lease=lease)
         job = store.load_job("b")
-        assert job is not None and job.progress == 0
+        assert job is not None
+        assert job.progress == 0
         assert store.load_checkpoint("b", "x") is None
 
     def test_a_restarted_worker_with_the_same_name_recovers_its_predecessors_jobs(

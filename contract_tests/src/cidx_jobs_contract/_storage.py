@@ -32,8 +32,10 @@ class ForwardingStorage(Storage):
     def set_status(self, job_id: str, change: StatusChange) -> bool:
         return self.inner.set_status(job_id, change)
 
-    def set_progress(self, job_id: str, progress: int, phase: str | None) -> bool:
-        return self.inner.set_progress(job_id, progress, phase)
+    def set_progress(
+        self, job_id: str, progress: int, phase: str | None, *, fence: str | None = None
+    ) -> bool:
+        return self.inner.set_progress(job_id, progress, phase, fence=fence)
 
     def select_jobs(
         self, filter: JobFilter, after: tuple[datetime, str] | None, limit: int
@@ -49,8 +51,10 @@ class ForwardingStorage(Storage):
     def count_expired(self, cutoffs: Mapping[JobStatus, datetime]) -> tuple[int, int]:
         return self.inner.count_expired(cutoffs)
 
-    def upsert_checkpoint(self, checkpoint: Checkpoint, data_json: str) -> bool:
-        return self.inner.upsert_checkpoint(checkpoint, data_json)
+    def upsert_checkpoint(
+        self, checkpoint: Checkpoint, data_json: str, *, fence: str | None = None
+    ) -> bool:
+        return self.inner.upsert_checkpoint(checkpoint, data_json, fence=fence)
 
     def get_checkpoint(self, job_id: str, phase: str) -> Checkpoint | None:
         return self.inner.get_checkpoint(job_id, phase)

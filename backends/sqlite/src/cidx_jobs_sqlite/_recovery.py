@@ -62,8 +62,9 @@ _CHECKPOINTS_KEY = "sqlite_autoindex_job_checkpoints_1"
 _OTHER = "other index"
 _OTHER_TABLE = "other table"
 _MASTER = "sqlite_master"
-#: Rows of schema version 1 have 11 columns (``ALTER TABLE`` rewrote none), later ones 13.
-_JOB_WIDTHS = (len(_codec.JOB_COLUMNS) - 2, len(_codec.JOB_COLUMNS))
+#: Rows of schema version 1 have 11 columns (``ALTER TABLE`` rewrote none), of versions 2
+#: and 3 13, later ones 14 (``lease_token`` last).
+_JOB_WIDTHS = (len(_codec.JOB_COLUMNS) - 2, len(_codec.JOB_COLUMNS), len(_codec.JOB_COLUMNS) + 1)
 _CHECKPOINT_WIDTH = 4
 _PAGE_SIZES = (4096, 1024, 2048, 8192, 16384, 32768, 65536, 512)
 _WAL_MAGIC = (0x377F0682, 0x377F0683)
@@ -944,7 +945,10 @@ def _is_pointer_map(image: _Image, pgno: int) -> bool:
 def _valid_job(row: list[Any]) -> tuple[Any, ...] | None:
     """The INSERT parameters of a salvaged job row, or ``None`` if the row is garbage."""
     try:
-        # A row from before schema version 2 has no lease columns: they read as NULL.
+        # A row from before schema version 2 has no lease columns: they read as NULL. The
+        # lease token is dropped: the salvaged job keeps its owner, whose fenced writes are
+        # refused from now on (the safe side after damage) until it claims the job again.
+        row = row[: len(_codec.JOB_COLUMNS)]
         padded = [*row, *[None] * (len(_codec.JOB_COLUMNS) - len(row))]
         values = dict(zip(_codec.JOB_COLUMNS, padded, strict=True))
         for name in ("created_at", "started_at", "completed_at", "heartbeat_at"):
