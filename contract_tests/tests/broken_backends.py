@@ -233,6 +233,39 @@ class IgnoresHeartbeatInTakeOver(MemoryStorage):
             return True
 
 
+class TakeOverKeepsCompletedAt(MemoryStorage):
+    """A take-over to interrupted leaves ``completed_at`` empty, so cleanup measures the
+    retention from ``created_at`` and deletes an old job that recovery just handed out."""
+
+    def take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
+        with self._locked():
+            row = self._jobs.get(job.id)
+            if row is None or (row[0].status, row[0].owner_id, row[0].heartbeat_at) != (
+                job.status,
+                job.owner_id,
+                job.heartbeat_at,
+            ):
+                return False
+            self._put(attrs.evolve(row[0], status=status, owner_id=owner, heartbeat_at=now), row[1])
+            self._set_lease(job.id, None)
+            return True
+
+
+class InterruptKeepsCompletedAt(MemoryStorage):
+    """A status change to interrupted keeps ``completed_at`` as it was (empty for a job that
+    was running), as the rules before the interruption stamp did."""
+
+    def set_status(self, job_id: str, change: StatusChange) -> bool:
+        with self._locked():
+            before = self._jobs.get(job_id)
+            if not super().set_status(job_id, change):
+                return False
+            if change.status is JobStatus.INTERRUPTED and before is not None:
+                job, metadata_json = self._jobs[job_id]
+                self._put(attrs.evolve(job, completed_at=before[0].completed_at), metadata_json)
+            return True
+
+
 # -- times -----------------------------------------------------------------------------
 
 _FLOOR = datetime(1900, 1, 1, tzinfo=timezone.utc)
@@ -463,6 +496,8 @@ BROKEN: dict[str, type[Storage]] = {
         ReadsUncommitted,
         LosesUpdates,
         IgnoresHeartbeatInTakeOver,
+        TakeOverKeepsCompletedAt,
+        InterruptKeepsCompletedAt,
         ClampsTimes,
         LeaksDriverErrors,
         LeaksOnCommit,

@@ -112,6 +112,15 @@ CAUGHT_BY = {
     "IgnoresHeartbeatInTakeOver": {
         "test_a_take_over_never_takes_a_job_whose_owner_heartbeated_after_the_lookup",
     },
+    "TakeOverKeepsCompletedAt": {
+        "test_a_recovered_job_of_any_age_is_kept_until_the_retention_passes_after_recovery",
+    },
+    "InterruptKeepsCompletedAt": {
+        "test_an_interrupted_job_is_kept_for_the_retention_after_its_interruption",
+        "test_completed_at_is_set_on_interruption_and_kept_while_the_job_stays_stopped",
+        "test_interrupted_job_may_resume_without_expected",
+        "test_matches_the_reference_model",
+    },
     "ClampsTimes": {
         "test_times_across_the_whole_range_round_trip_exactly",
         "test_the_clock_at_the_edges_of_the_range",

@@ -402,8 +402,8 @@ def test_migrate_check_changes_nothing_and_exits_1_when_pending(
     assert user_version(path) == 2
     migrated = cli("migrate", url=url)
     assert migrated.returncode == 0, migrated.stderr
-    assert "migrated from schema version 2 to 4" in migrated.stdout
-    assert user_version(path) == 4
+    assert "migrated from schema version 2 to 5" in migrated.stdout
+    assert user_version(path) == 5
     assert cli("migrate", "--check", url=url).returncode == 0
     assert json_lines(cli("migrate", "--json", url=url).stdout)[0]["migrated"] is False
 

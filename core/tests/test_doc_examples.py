@@ -31,6 +31,7 @@ PAGES = (
     "writing-a-backend.md",
     "lifecycle.md",
     "sqlite.md",
+    "postgres.md",
     "operations.md",
 )
 

@@ -78,10 +78,24 @@ def test_completed_at_on_entering_terminal_and_kept_between_terminals() -> None:
     assert failed_later.error_message == "late"
 
 
-def test_interrupted_does_not_set_completed_at() -> None:
-    interrupted = change(JobStatus.INTERRUPTED).apply(job(JobStatus.RUNNING))
-    assert interrupted is not None
-    assert interrupted.completed_at is None
+@pytest.mark.parametrize("current", sorted(ACTIVE_STATUSES))
+def test_interruption_stamps_completed_at(current: JobStatus) -> None:
+    # completed_at is when the job stopped: cleanup's retention counts from the interruption,
+    # even over a stale completed_at the active job was saved with.
+    for before in (None, T0):
+        interrupted = change(JobStatus.INTERRUPTED).apply(job(current, completed_at=before))
+        assert interrupted is not None
+        assert interrupted.completed_at == NOW
+
+
+@pytest.mark.parametrize("current", [*sorted(TERMINAL_STATUSES), JobStatus.INTERRUPTED])
+def test_a_stopped_job_keeps_its_stamp_when_interrupted_again(current: JobStatus) -> None:
+    kept = change(JobStatus.INTERRUPTED).apply(job(current, completed_at=T0))
+    assert kept is not None
+    assert kept.completed_at == T0
+    stamped = change(JobStatus.INTERRUPTED).apply(job(current))
+    assert stamped is not None
+    assert stamped.completed_at == NOW
 
 
 def test_error_message_kept_unless_given() -> None:

@@ -83,6 +83,34 @@ def test_recovery_files(tmp_path: Path) -> None:
     result = run_quick("recovery", tmp_path)
     assert result.outcomes["live wal: recovered"] > 0
     assert result.outcomes["symlink: followed, link kept"] > 0
+    assert result.outcomes["live writer: recoveries"] == 1
+    assert result.outcomes["wal flip: recovered"] == 2
+    assert result.outcomes["live writer: acknowledged saves checked"] > 50
     assert result.outcomes["page kinds: interior page of sync_jobs: jobs kept of 9000"] == 9000
     assert result.faults > 0
     assert result.checked > 50
+
+
+def test_fencing(tmp_path: Path) -> None:
+    result = run_quick("fencing", tmp_path)
+    assert result.faults == 1  # one real stall (SIGSTOP) past the lease
+    assert result.outcomes["jobs taken over from the stalled worker"] >= 1
+    assert result.outcomes["late writes of a former owner refused"] >= 1
+    assert result.outcomes["jobs completed by their workers, checked"] > 0
+
+
+def test_shm_files(tmp_path: Path) -> None:
+    result = run_quick("shm", tmp_path)
+    if result.skipped:
+        pytest.skip(result.skipped[0])
+    assert result.outcomes["shm removed: new process refused"] == 1
+    assert result.outcomes["wal and shm removed: new process refused"] == 1
+    assert result.outcomes["shm removed: acknowledged saves checked"] >= 40
+    assert result.outcomes["shm truncated: acknowledged saves checked"] >= 30
+
+
+def test_retention(tmp_path: Path) -> None:
+    result = run_quick("retention", tmp_path)
+    assert result.outcomes["jobs recovered"] == 200
+    assert result.outcomes["recovered jobs older than the retention"] > 150
+    assert result.outcomes["interrupted jobs deleted exactly at the retention"] == 1

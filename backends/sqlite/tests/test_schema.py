@@ -219,6 +219,86 @@ def test_an_old_database_migrates_to_the_fresh_schema(
         assert migrated.load_checkpoint("old", "git_pull") == {"sha": "abc"}
 
 
+#: A day, in the database's unit (microseconds).
+_DAY = 86_400_000_000
+_CREATED = 1_700_000_000_000_000
+
+
+def build_version_4_database(path: Path) -> None:
+    """A version 4 file with interrupted jobs as releases before version 5 left them (no
+    ``completed_at``), and jobs the migration must not touch."""
+    conn = raw_connect(path)
+    conn.execute("PRAGMA journal_mode = WAL")
+    apply_migrations(conn, path, lambda c: c.execute("BEGIN IMMEDIATE").close(), target=4)
+    rows = [
+        # id, status, started_at, completed_at, heartbeat_at
+        ("heartbeat", "interrupted", _CREATED + _DAY, None, _CREATED + 30 * _DAY),
+        ("started", "interrupted", _CREATED + _DAY, None, None),
+        ("bare", "interrupted", None, None, None),
+        ("stamped", "interrupted", _CREATED + _DAY, _CREATED + 2 * _DAY, _CREATED + 3 * _DAY),
+        ("done-unstamped", "completed", None, None, _CREATED + 30 * _DAY),
+        ("running", "running", _CREATED + _DAY, None, _CREATED + 30 * _DAY),
+    ]
+    conn.execute("BEGIN IMMEDIATE")
+    for job_id, status, started, completed, heartbeat in rows:
+        conn.execute(
+            "INSERT INTO sync_jobs (id, user_id, project_id, status, progress, created_at, "
+            "started_at, completed_at, metadata, owner_id, heartbeat_at) "
+            "VALUES (?, 'alice', 'repo', ?, 40, ?, ?, ?, '{}', 'old-host:1:x', ?)",
+            (job_id, status, _CREATED, started, completed, heartbeat),
+        )
+    conn.execute(
+        "INSERT INTO job_checkpoints VALUES ('heartbeat', 'git_pull', '{\"next\":1}', ?)",
+        (_CREATED + 30 * _DAY,),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_migration_5_stamps_interrupted_jobs_with_their_last_sign_of_life(
+    open_store: OpenStore, tmp_path: Path
+) -> None:
+    old = tmp_path / "v4.db"
+    build_version_4_database(old)
+    migrated = open_store(old)
+    with raw_connect(old) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        completed = dict(conn.execute("SELECT id, completed_at FROM sync_jobs").fetchall())
+    conn.close()
+    assert completed == {
+        "heartbeat": _CREATED + 30 * _DAY,  # the last heartbeat
+        "started": _CREATED + _DAY,  # no heartbeat: the start
+        "bare": _CREATED,  # neither: the creation
+        "stamped": _CREATED + 2 * _DAY,  # stamped already: kept
+        "done-unstamped": None,  # not interrupted: untouched
+        "running": None,
+    }
+    # The job created 30 days before its worker died survives the cleanup a week later,
+    # with its checkpoint, as one interrupted by this release would.
+    interrupted = migrated.load_job("heartbeat")
+    assert interrupted is not None
+    assert interrupted.completed_at is not None
+    report = migrated.run_cleanup(
+        interrupted.completed_at + timedelta(days=6), retention=timedelta(days=7)
+    )
+    assert migrated.load_job("heartbeat") is not None
+    assert migrated.load_checkpoint("heartbeat", "git_pull") == {"next": 1}
+    assert {"started", "bare", "stamped", "done-unstamped"} == {
+        job_id for job_id in completed if migrated.load_job(job_id) is None
+    }
+    assert report.jobs_deleted == 4
+
+
+def test_migration_5_reads_the_interrupted_jobs_through_an_index(db_path: Path) -> None:
+    # On a large file the migration reads only the interrupted rows, not the whole table.
+    conn = raw_connect(db_path)
+    apply_migrations(conn, db_path, lambda c: c.execute("BEGIN IMMEDIATE").close(), target=4)
+    text = plan(conn, _schema.STAMP_INTERRUPTED, [])
+    conn.close()
+    assert "USING INDEX" in text or "USING COVERING INDEX" in text, text
+    assert "SCAN sync_jobs" not in text, text
+
+
 def build_release_1_database(path: Path) -> None:
     """A version 1 file as the first SQLite backend wrote it, from its frozen DDL, with rows."""
     conn = raw_connect(path)
@@ -451,6 +531,11 @@ def test_the_active_statuses_in_sql_match_the_models() -> None:
         # the compare-and-set: one row by its primary key.
         (
             _statements.TAKE_OVER,
+            ["interrupted", "me", 1, "j", "running", "dead", 0],
+            "SEARCH sync_jobs USING INDEX sqlite_autoindex_sync_jobs_1 (id=?)",
+        ),
+        (
+            _statements.TAKE_OVER_INTERRUPTED,
             ["interrupted", "me", 1, "j", "running", "dead", 0],
             "SEARCH sync_jobs USING INDEX sqlite_autoindex_sync_jobs_1 (id=?)",
         ),

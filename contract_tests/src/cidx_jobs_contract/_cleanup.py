@@ -325,3 +325,100 @@ class CleanupContract(StoreFixtures):
         assert sum(c for _, _, c in recording.batches) == report.checkpoints_deleted
         assert sizes[-1] == 0, "the cleanup stops only at a batch that deleted nothing"
         assert store.count_jobs() == len(ACTIVE_STATUSES) + 1
+
+    def test_a_recovered_job_of_any_age_is_kept_until_the_retention_passes_after_recovery(
+        self, store: JobPersistence, clock: ManualClock
+    ) -> None:
+        """Recovery hands out jobs created long before the retention: the default cleanup
+        right after keeps them and their checkpoints, one resumes from its checkpoint, and
+        the other goes only once the retention has passed since its interruption."""
+        retention = store.settings.retention
+        tick = timedelta(microseconds=1)
+        created = NOW - 4 * retention
+        # Created (and started) four retentions ago; their worker died an hour ago, just
+        # after checkpointing.
+        clock.set(NOW - timedelta(hours=1))
+        for job_id in ("resumed", "abandoned"):
+            store.save_job(
+                new_job(
+                    job_id,
+                    status=JobStatus.RUNNING,
+                    created_at=created,
+                    started_at=created,
+                    owner_id="dead-host:1:gone",
+                    heartbeat_at=clock.now,
+                )
+            )
+            store.save_checkpoint(job_id, "git_pull", {"next": 1})
+        clock.set(NOW)
+        report = store.recover_interrupted_jobs()
+        points = {point.job.id: point for point in report.interrupted}
+        assert sorted(points) == ["abandoned", "resumed"]
+        for job_id, point in points.items():
+            stored = store.load_job(job_id)
+            assert stored is not None
+            assert (stored.status, stored.completed_at) == (JobStatus.INTERRUPTED, NOW), (
+                "a take-over to interrupted stamps completed_at with the time of the "
+                "interruption, which the retention counts from"
+            )
+            assert point.job == stored, "the report's job is the job as stored"
+            assert point.checkpoint is not None
+            assert point.checkpoint.data == {"next": 1}
+
+        dry = store.run_cleanup(dry_run=True)
+        assert (dry.jobs_deleted, dry.checkpoints_deleted) == (0, 0)
+        report_now = store.run_cleanup()
+        assert (report_now.jobs_deleted, report_now.checkpoints_deleted) == (0, 0), (
+            "the default cleanup right after recovery deleted a job recovery had just "
+            "handed out: its retention counted from created_at, not from its interruption"
+        )
+        for job_id in points:
+            assert store.load_checkpoint(job_id, "git_pull") == {"next": 1}
+            resume = store.resume_point(job_id)
+            assert resume is not None
+            assert resume.data == {"next": 1}
+
+        # The resume path of docs/lifecycle.md, for a job of any age.
+        clock.advance(timedelta(minutes=1))
+        assert store.update_job_status("resumed", JobStatus.RUNNING, expected=JobStatus.INTERRUPTED)
+        resumed = store.load_job("resumed")
+        assert resumed is not None
+        assert (resumed.status, resumed.started_at, resumed.completed_at) == (
+            JobStatus.RUNNING,
+            created,
+            None,
+        ), "resuming keeps started_at and clears the interruption's stamp"
+
+        # The retention counts from the interruption: kept up to it, gone after it.
+        clock.set(NOW + retention)
+        assert store.run_cleanup().jobs_deleted == 0
+        assert store.load_job("abandoned") is not None
+        clock.advance(tick)
+        gone = store.run_cleanup()
+        assert (gone.jobs_deleted, gone.checkpoints_deleted) == (1, 1)
+        assert store.load_job("abandoned") is None
+        assert store.list_checkpoints("abandoned") == []
+        # The resumed job is active again, so never cleaned up, however old it is.
+        assert store.list_checkpoints("resumed") != []
+        assert store.update_job_status("resumed", JobStatus.COMPLETED)
+        finished = store.load_job("resumed")
+        assert finished is not None
+        assert finished.completed_at == clock.now
+
+    def test_an_interrupted_job_is_kept_for_the_retention_after_its_interruption(
+        self, store: JobPersistence, clock: ManualClock
+    ) -> None:
+        """A job created long ago and interrupted by a status change (not by recovery)
+        is kept for the whole retention after the change."""
+        retention = store.settings.retention
+        clock.set(NOW)
+        store.save_job(new_job("old", created_at=NOW - 4 * retention))
+        assert store.update_job_status("old", JobStatus.RUNNING)
+        store.save_checkpoint("old", "indexing", {"files": 3})
+        interrupted_at = clock.advance(timedelta(hours=2))
+        assert store.update_job_status("old", JobStatus.INTERRUPTED)
+        clock.set(interrupted_at + retention)
+        assert store.run_cleanup().jobs_deleted == 0
+        assert store.load_checkpoint("old", "indexing") == {"files": 3}
+        clock.advance(timedelta(microseconds=1))
+        assert (store.run_cleanup().jobs_deleted, store.load_job("old")) == (1, None)

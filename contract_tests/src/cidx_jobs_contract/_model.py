@@ -92,6 +92,9 @@ class ReferenceModel:
                 completed_at = now
         elif new in _ACTIVE:
             completed_at = None
+        elif old in _ACTIVE or completed_at is None:
+            # interrupted: stamped when the job stops, kept while it stays stopped
+            completed_at = now
         self.jobs[job_id] = attrs.evolve(
             job,
             status=status,

@@ -87,6 +87,59 @@ class StatusContract(StoreFixtures):
             assert loaded is not None
             assert (loaded.status, loaded.completed_at) == (terminal, finished)
 
+    def test_completed_at_is_set_on_interruption_and_kept_while_the_job_stays_stopped(
+        self, store: JobPersistence, clock: ManualClock
+    ) -> None:
+        """``completed_at`` is when the job stopped: an interruption stamps it, as a finish
+        does; a job that stays stopped keeps the first stamp, and resuming clears it."""
+        for index, active in enumerate(_ACTIVE):
+            job_id = f"job-{index}"
+            # A stale completed_at on an active job (saved so) is not when it stopped.
+            store.save_job(new_job(job_id, status=active, completed_at=clock.now))
+            interrupted = clock.advance()
+            assert store.update_job_status(job_id, JobStatus.INTERRUPTED) is True
+            loaded = store.load_job(job_id)
+            assert loaded is not None
+            assert (loaded.status, loaded.completed_at) == (JobStatus.INTERRUPTED, interrupted)
+            clock.advance()
+            assert store.update_job_status(job_id, JobStatus.INTERRUPTED) is True
+            loaded = store.load_job(job_id)
+            assert loaded is not None
+            assert loaded.completed_at == interrupted, "interrupted -> interrupted keeps it"
+        # An interrupted job without a stamp (saved so, or written by an older release) gets one.
+        store.save_job(new_job("bare", status=JobStatus.INTERRUPTED))
+        stamped = clock.advance()
+        assert store.update_job_status("bare", JobStatus.INTERRUPTED) is True
+        loaded = store.load_job("bare")
+        assert loaded is not None
+        assert loaded.completed_at == stamped
+        # A finished job keeps its finish time when it becomes interrupted, and the reverse
+        # move stamps the finish, as entering a terminal status always does.
+        store.save_job(new_job("done"))
+        finished = clock.advance()
+        store.update_job_status("done", JobStatus.COMPLETED)
+        clock.advance()
+        assert store.update_job_status("done", JobStatus.INTERRUPTED) is True
+        loaded = store.load_job("done")
+        assert loaded is not None
+        assert loaded.completed_at == finished
+        failed = clock.advance()
+        assert store.update_job_status("done", JobStatus.FAILED) is True
+        loaded = store.load_job("done")
+        assert loaded is not None
+        assert loaded.completed_at == failed
+        # Resuming clears it; the next interruption stamps it again.
+        clock.advance()
+        assert store.update_job_status("job-0", JobStatus.RUNNING, expected=JobStatus.INTERRUPTED)
+        loaded = store.load_job("job-0")
+        assert loaded is not None
+        assert loaded.completed_at is None
+        again = clock.advance()
+        assert store.update_job_status("job-0", JobStatus.INTERRUPTED) is True
+        loaded = store.load_job("job-0")
+        assert loaded is not None
+        assert loaded.completed_at == again
+
     def test_moving_between_terminal_statuses_keeps_completed_at(
         self, store: JobPersistence, clock: ManualClock
     ) -> None:
@@ -152,11 +205,11 @@ class StatusContract(StoreFixtures):
         store.save_job(new_job("job-1"))
         started = clock.advance()
         store.update_job_status("job-1", JobStatus.RUNNING)
-        clock.advance()
+        interrupted = clock.advance()
         store.update_job_status("job-1", JobStatus.INTERRUPTED)
         loaded = store.load_job("job-1")
         assert loaded is not None
-        assert loaded.completed_at is None
+        assert loaded.completed_at == interrupted
         clock.advance()
         assert store.update_job_status("job-1", JobStatus.RUNNING) is True
         loaded = store.load_job("job-1")

@@ -500,8 +500,9 @@ def _before(now: datetime, keep: timedelta) -> datetime:
 class CleanupPolicy:
     """Which jobs expire, declared so that a backend can delete them with indexed, batched deletes.
 
-    ``retention`` maps a status to how long after it finished (``completed_at``,
-    or ``created_at`` when it never completed) a job of that status is kept.
+    ``retention`` maps a status to how long after it stopped (``completed_at``:
+    when a terminal job finished or an interrupted one was interrupted; or
+    ``created_at`` when it is empty) a job of that status is kept.
     Statuses missing from the mapping never expire; active statuses are
     refused, because cleanup never deletes a job that may still run.
 

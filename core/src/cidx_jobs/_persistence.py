@@ -42,7 +42,11 @@ _CLAIMABLE = frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.INTERRUPT
 
 
 def _with_lease(
-    job: SyncJob, owner: str, heartbeat_at: datetime, status: JobStatus | None = None
+    job: SyncJob,
+    owner: str,
+    heartbeat_at: datetime,
+    status: JobStatus | None = None,
+    completed_at: datetime | None = None,
 ) -> SyncJob:
     # The job is validated already; rebuilding it unvalidated keeps save_job cheap.
     return SyncJob.from_trusted(
@@ -54,7 +58,7 @@ def _with_lease(
         phase=job.phase,
         created_at=job.created_at,
         started_at=job.started_at,
-        completed_at=job.completed_at,
+        completed_at=job.completed_at if completed_at is None else completed_at,
         error_message=job.error_message,
         metadata=job.metadata,
         owner_id=owner,
@@ -219,9 +223,11 @@ class JobPersistence:
         or a set of them) it is a compare-and-set that applies only when the
         current status is one of them; name the current status to retry a
         finished job deliberately. ``started_at`` is set on the first move to
-        running; ``completed_at`` on entering a terminal status. A move to
-        running makes this store the job's owner and starts its lease. See
-        :class:`StatusChange` for the exact rules.
+        running; ``completed_at`` (when the job stopped, which cleanup's
+        retention counts from) on entering a terminal status, and on a move from
+        an active status to interrupted; a move to an active status clears it.
+        A move to running makes this store the job's owner and starts its lease.
+        See :class:`~cidx_jobs.backend.StatusChange` for the exact rules.
 
         With ``lease`` (from :meth:`claim_job`) the change is fenced: it applies
         only while the job is running under that lease, e.g. a worker finishing
@@ -404,12 +410,20 @@ class JobPersistence:
         deleted (those jobs had expired anyway) and no event fires; run it again
         to finish.
 
+        On the store's clock (no ``now``), it logs a WARNING on the ``cidx_jobs``
+        logger when the store holds a job created more than 5 minutes after that
+        clock's now: the clock stepped backward since (or a process's clock ran
+        ahead). It goes on: by a clock that is behind, it deletes less, never
+        more. A clock that steps *forward* leaves nothing to see in the store and
+        makes cleanup delete jobs early (see docs/lifecycle.md, "Clock steps").
+
         :param now: the time to measure retention from; default the store's clock.
         :param retention: a :class:`~datetime.timedelta` overriding the configured retention.
         :raises ValidationError: ``now`` is naive or ``retention`` is not a non-negative timedelta.
         :raises PluginError: the cleanup policy hook returned no policy, or the
             storage deleted more than a batch's limit at once.
         """
+        on_clock = now is None
         now = self._now() if now is None else v.to_utc(now, "now")
         if retention is None:
             retention = self._settings.retention
@@ -419,6 +433,25 @@ class JobPersistence:
             raise ValidationError("dry_run must be a bool", field="dry_run")
         policy = self._hooks.cleanup_policy(retention)
         cutoffs = policy.cutoffs(now)
+        if on_clock:
+            # A job stamped after this clock's now is the only trace a clock step leaves in
+            # the store. Refusing would protect no job (a clock that is behind deletes
+            # less), and one job from a clock that ran ahead would block cleanup until that
+            # time, so it is a warning; one indexed read of the newest such job.
+            margin = timedelta(minutes=5)
+            ahead = self._storage.select_jobs(JobFilter(created_after=now + margin), None, 1)
+            if ahead:
+                logger.warning(
+                    "cleanup: job %s was created at %s, %s after this process's clock "
+                    "(%s): the clock stepped backward, or a process's clock ran ahead. "
+                    "Cleanup goes on and keeps such jobs longer; a clock that steps "
+                    "forward makes it delete jobs early. Keep the clock synchronised by "
+                    "slewing, not stepping (e.g. chrony's makestep only at boot)",
+                    ahead[0].id,
+                    ahead[0].created_at.isoformat(),
+                    ahead[0].created_at - now,
+                    now.isoformat(),
+                )
         jobs, checkpoints = (0, 0)
         if cutoffs:
             jobs, checkpoints = self._delete_expired(cutoffs, policy.batch_size, dry_run=dry_run)
@@ -536,7 +569,10 @@ class JobPersistence:
 
         Jobs that were running under an owner whose last heartbeat is older
         than ``lease_timeout`` become ``interrupted`` and come back with the
-        checkpoint to resume from (chosen by the resume policy hook). Pending
+        checkpoint to resume from (chosen by the resume policy hook). Their
+        ``completed_at`` becomes now, so the cleanup's retention counts from the
+        interruption and a job of any age stays resumable for the whole
+        retention; resuming it (a move to running) clears it again. Pending
         and queued jobs of such owners keep their status and come back for
         re-queueing. Every take-over is a compare-and-set on the job's status,
         owner and heartbeat, so the jobs of a live sibling process (which keeps
@@ -575,7 +611,8 @@ class JobPersistence:
                         self._emit(
                             self._hooks.status_changed, job.id, JobStatus.INTERRUPTED, None, now
                         )
-                        taken = _with_lease(job, self.owner_id, now, JobStatus.INTERRUPTED)
+                        # As stored: take_over stamped completed_at with the interruption.
+                        taken = _with_lease(job, self.owner_id, now, JobStatus.INTERRUPTED, now)
                         checkpoint = self._hooks.resume_policy(
                             taken,
                             self._storage.get_checkpoints(job.id),

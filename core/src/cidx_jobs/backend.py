@@ -82,10 +82,15 @@ class StatusChange:
       an active status.
     * ``started_at`` is set to ``now`` on a move to running when it is empty
       (kept afterwards).
-    * ``completed_at`` is set to ``now`` on entering a terminal status when it
-      is empty or the job was not terminal (so a move between two terminal
-      statuses keeps it), and cleared on a move to an active status; a move to
-      ``interrupted`` keeps it.
+    * ``completed_at`` is when the job stopped: for a terminal status when it
+      finished, for ``interrupted`` when it was interrupted. Cleanup's retention
+      counts from it, so an interrupted job is kept for the whole retention after
+      its interruption however old it is. It is set to ``now`` on entering a
+      terminal status when it is empty or the job was not terminal (so a move
+      between two terminal statuses keeps it); set to ``now`` on a move to
+      ``interrupted`` when it is empty or the job was active (so a move from
+      ``interrupted`` or a terminal status to ``interrupted`` keeps it); and
+      cleared on a move to an active status.
     * ``error_message`` replaces the stored one when given, else is kept.
     * A move to running with an ``owner`` takes the job's lease: ``owner_id``
       becomes ``owner``, ``heartbeat_at`` becomes ``now`` and the stored lease
@@ -125,11 +130,15 @@ class StatusChange:
         if self.status is JobStatus.RUNNING and started_at is None:
             started_at = self.now
         completed_at = job.completed_at
-        if self.status in TERMINAL_STATUSES:
+        if self.status in ACTIVE_STATUSES:
+            completed_at = None
+        elif self.status in TERMINAL_STATUSES:
             if job.status not in TERMINAL_STATUSES or completed_at is None:
                 completed_at = self.now
-        elif self.status in ACTIVE_STATUSES:
-            completed_at = None
+        elif job.status in ACTIVE_STATUSES or completed_at is None:
+            # Interrupted: the job stops now. Cleanup's retention must count from here, not
+            # from a created_at that may be older than the retention.
+            completed_at = self.now
         takes_lease = self.takes_lease
         return attrs.evolve(
             job,
@@ -368,7 +377,8 @@ class Storage(abc.ABC):
         """Delete one batch: at most ``limit`` of the jobs whose status is a key of
         ``cutoffs`` and whose ``coalesce(completed_at, created_at)`` is before that
         status's cutoff, with their checkpoints, in one transaction (or as part of
-        the open :meth:`transaction`).
+        the open :meth:`transaction`). ``completed_at`` is when the job stopped (see
+        :class:`StatusChange`), interrupted jobs included.
 
         The facade calls it again until it returns no job, so a storage may
         delete fewer than ``limit`` (e.g. to hold its write lock briefly) but
@@ -428,6 +438,13 @@ class Storage(abc.ABC):
         """Atomically, if the stored job still has ``job``'s status, ``owner_id`` and
         ``heartbeat_at``, set its status, ``owner_id = owner`` and ``heartbeat_at = now``,
         and clear its lease token (so that the writes of the lease's holder are refused).
+
+        ``job`` is one :meth:`find_stale` returned, so it is active. When ``status`` is
+        ``interrupted``, also set ``completed_at = now``, as :class:`StatusChange` does
+        for a move from an active status to interrupted: the job's retention counts from
+        its interruption, so cleanup cannot delete a job that recovery just handed out.
+        With any other ``status`` (recovery keeps a pending or queued job's), leave
+        ``completed_at`` as it is.
 
         :returns: ``False`` if anything of the three changed meanwhile (another
             recoverer won, or the owner renewed its lease).

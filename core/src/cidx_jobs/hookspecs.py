@@ -77,7 +77,8 @@ def cidx_jobs_cleanup_policy(retention: timedelta) -> CleanupPolicy | None:
 
     Return a :class:`~cidx_jobs.CleanupPolicy`, or ``None`` to leave the
     decision to the next plugin. The default expires every terminal and
-    interrupted job ``retention`` after it finished and never an active one.
+    interrupted job ``retention`` after it stopped (its ``completed_at``: when it
+    finished, or when it was interrupted) and never an active one.
 
     :param retention: the retention the store was configured with (the
         ``retention_days`` option, 7 days by default) or that the caller of

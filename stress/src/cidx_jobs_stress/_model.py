@@ -199,7 +199,10 @@ def apply(state: State, op: Op, recorded: Any = None) -> Any:
             running = state.jobs.get(job_id)
             if running is None or running.status is not JobStatus.RUNNING:
                 raise ValueError(f"recovery interrupted {job_id!r}, which was not running")
-            state.jobs[job_id] = attrs.evolve(running, status=JobStatus.INTERRUPTED)
+            # Interrupting stamps completed_at: retention counts from the interruption.
+            state.jobs[job_id] = attrs.evolve(
+                running, status=JobStatus.INTERRUPTED, completed_at=_time(op["now"])
+            )
         for job_id in recorded["requeue"]:
             waiting = state.jobs.get(job_id)
             if waiting is None or waiting.status not in (JobStatus.PENDING, JobStatus.QUEUED):

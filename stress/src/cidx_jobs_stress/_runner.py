@@ -58,6 +58,24 @@ def _recovery_files(config: StressConfig, workdir: Path) -> ScenarioResult:
     return recovery_files.run(config, workdir)
 
 
+def _fencing(config: StressConfig, workdir: Path) -> ScenarioResult:
+    from . import fencing
+
+    return fencing.run(config, workdir)
+
+
+def _shm(config: StressConfig, workdir: Path) -> ScenarioResult:
+    from . import shm_files
+
+    return shm_files.run(config, workdir)
+
+
+def _retention(config: StressConfig, workdir: Path) -> ScenarioResult:
+    from . import retention
+
+    return retention.run(config, workdir)
+
+
 #: Every scenario by name, in the order a run goes through them.
 SCENARIOS: dict[str, Scenario] = {
     "crash": _crash,
@@ -67,6 +85,9 @@ SCENARIOS: dict[str, Scenario] = {
     "isolation": _isolation,
     "recovery": _recovery_files,
     "errors": _errors,
+    "fencing": _fencing,
+    "shm": _shm,
+    "retention": _retention,
 }
 
 

@@ -14,6 +14,18 @@
 ``faults MODE DB SEED OPS``
     A fault trial that must run in a process of its own (see
     :mod:`cidx_jobs_stress.faults`); prints its result as JSON.
+
+``fenced DB JOURNAL PREFIX JOBS STEPS``
+    One worker of the fencing scenario (see :mod:`cidx_jobs_stress.fencing`).
+
+``store DB``
+    A store open on the SQLite file ``DB``, driven over stdin one command at a time (see
+    :mod:`cidx_jobs_stress.shm_files`): ``save ID``, ``count``, ``q``; it prints ``open``
+    (or ``refused TYPE``) once, then one line per command.
+
+``saver DB ACKED STOP``
+    Saves new jobs into the SQLite file ``DB`` until the file ``STOP`` exists, appending
+    the id of each save that returned to ``ACKED``; prints how many calls raised.
 """
 
 from __future__ import annotations
@@ -78,6 +90,57 @@ def crash(db: Path, journal: Path, seed: str, prefix: str, start: datetime) -> i
     return 0
 
 
+def saver(db: Path, acked: Path, stop: Path) -> int:
+    """The live writer of the recovery-files scenario: saves until ``stop`` exists."""
+    from cidx_jobs import SyncJob
+    from cidx_jobs.errors import StorageError
+
+    store = open_sqlite(db)
+    errors = n = 0
+    with acked.open("a") as out:
+        while not stop.exists() and n < _MAX_OPS:
+            job_id = f"live-{n:06d}"
+            n += 1
+            try:
+                store.save_job(SyncJob.create(id=job_id, user_id="writer", project_id="repo"))
+            except StorageError:
+                errors += 1
+                continue
+            # Only once the call returned: each id in the file is an acknowledged write.
+            out.write(job_id + "\n")
+            out.flush()
+    store.close()
+    print(errors)
+    return 0
+
+
+def store_commands(db: Path) -> int:
+    """A store driven over stdin: one answer line per command line."""
+    from cidx_jobs import SyncJob
+    from cidx_jobs.errors import CidxJobsError
+
+    try:
+        store = open_sqlite(db)
+    except CidxJobsError as error:
+        print("refused", type(error).__name__, flush=True)
+        return 0
+    print("open", flush=True)
+    for line in sys.stdin:
+        command = line.split()
+        try:
+            if command[0] == "save":
+                store.save_job(SyncJob.create(id=command[1], user_id="u", project_id="repo"))
+                print("ok", flush=True)
+            elif command[0] == "count":
+                print("count", store.count_jobs(), flush=True)
+            else:
+                break
+        except CidxJobsError as error:
+            print("error", type(error).__name__, flush=True)
+    store.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the child named by the first argument."""
     args = sys.argv[1:] if argv is None else argv
@@ -99,6 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         mode, db, seed, ops = rest
         print(json.dumps(child_trial(mode, Path(db), seed, int(ops))))
         return 0
+    if kind == "fenced":
+        from .fencing import worker as fenced_worker
+
+        db, journal, prefix, jobs, steps = rest
+        return fenced_worker(Path(db), Path(journal), prefix, int(jobs), int(steps))
+    if kind == "store":
+        (db,) = rest
+        return store_commands(Path(db))
+    if kind == "saver":
+        db, acked, stop = rest
+        return saver(Path(db), Path(acked), Path(stop))
     print(f"unknown child kind {kind!r}", file=sys.stderr)
     return 2
 

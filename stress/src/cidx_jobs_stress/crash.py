@@ -107,9 +107,16 @@ def _partial_recovery(model: State, actual: State) -> State | None:
     for job_id, job in actual.jobs.items():
         before = model.jobs.get(job_id)
         if before is not None and before != job:
-            if before.status is not JobStatus.RUNNING or job.status is not JobStatus.INTERRUPTED:
+            if (
+                before.status is not JobStatus.RUNNING
+                or job.status is not JobStatus.INTERRUPTED
+                or job.completed_at is None
+            ):
                 return None
-            after.jobs[job_id] = attrs.evolve(before, status=JobStatus.INTERRUPTED)
+            # The cut-off recovery's clock is not journalled: its stamp is taken as found.
+            after.jobs[job_id] = attrs.evolve(
+                before, status=JobStatus.INTERRUPTED, completed_at=job.completed_at
+            )
     return after
 
 

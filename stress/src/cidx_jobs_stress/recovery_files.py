@@ -1,4 +1,4 @@
-"""Recovery at open and the files around it (issue 10, items 3 and 5 to 8).
+"""Recovery at open and the files around it (issue 10, items 1, 3 and 5 to 8).
 
 Each trial builds a real database through the public API, then one of:
 
@@ -31,6 +31,16 @@ Each trial builds a real database through the public API, then one of:
     a damaged database of mode 0600, 0640 or 0660 (as root, also owned by ``nobody``):
     the fresh database, its ``-wal`` and ``-shm`` and the moved-aside file keep the mode
     and the owner.
+``wal flip``
+    a store's saves only in its ``-wal`` (copied while it was open, as a crash leaves them);
+    one bit flipped in a commit frame that is neither the first nor the last: the open must
+    treat the file as damaged (SQLite itself drops every later commit silently), keep the
+    ``-wal`` byte for byte.
+``live writer``
+    once per quick run (five times in a full one), a writer process keeps saving new jobs
+    while one leaf of the checkpoints (a page its saves never touch) is overwritten and
+    another process opens the file and recovers it: every save the writer saw return must
+    be in the live store afterwards, none only in the moved-aside file.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -324,12 +335,148 @@ def _mode_and_owner(result: ScenarioResult, folder: Path, rng: random.Random) ->
         store.close()
 
 
+def _wal_flip(result: ScenarioResult, folder: Path, rng: random.Random) -> None:
+    """One flipped bit in the -wal of a crashed store (issue 10, item 15): SQLite drops every
+    commit after the damaged frame silently; the open must find it and recover, keeping the
+    -wal byte for byte."""
+    live = folder / "live" / "jobs.db"
+    live.parent.mkdir()
+    store = open_sqlite(live)
+    commits = rng.randint(20, 200)
+    try:
+        with store.storage._runner.connection("stress") as conn:  # type: ignore[attr-defined]
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the saves only in the -wal
+        for n in range(commits):
+            store.save_job(SyncJob.create(id=f"job-{n:05d}", user_id="alice", project_id="p"))
+        # A copy while the store is open is what a crash leaves: nothing checkpointed.
+        path = folder / "jobs.db"
+        shutil.copyfile(live, path)
+        shutil.copyfile(live.with_name("jobs.db-wal"), folder / "jobs.db-wal")
+    finally:
+        store.close()
+    wal = folder / "jobs.db-wal"
+    data = wal.read_bytes()
+    page_size = struct.unpack(">I", data[8:12])[0]
+    frame = 24 + page_size
+    count = (len(data) - 32) // frame
+    # A commit frame that is neither the first nor the last (damage in the last commit looks
+    # like a write cut short by a crash, and is not a finding).
+    # Only the frames of the -wal's current generation (its header's salts) count: an
+    # automatic checkpoint may have restarted the -wal, leaving older frames behind them.
+    current = next(
+        (n for n in range(count) if data[32 + n * frame + 8 : 32 + n * frame + 16] != data[16:24]),
+        count,
+    )
+    marks = [n for n in range(current) if data[32 + n * frame + 4 : 32 + n * frame + 8] != bytes(4)]
+    if len(marks) < 3:
+        result.fail(f"wal flip: only {len(marks)} commits in the -wal")
+        return
+    hit = rng.choice(marks[1:-1])
+    offset = 32 + hit * frame + 24 + rng.randrange(page_size)
+    damaged = bytearray(data)
+    damaged[offset] ^= 1 << rng.randrange(8)
+    wal.write_bytes(bytes(damaged))
+    result.faults += 1
+    before = _digest(wal)
+    recovered = _recovered(result, path, "wal flip")
+    if recovered is None:
+        return
+    try:
+        report = getattr(recovered.storage, "recovery", None)
+        result.checked += 1
+        if report is None:
+            result.fail(f"wal flip: the commits after frame {hit + 1} were dropped silently")
+            return
+        kept = recovered.count_jobs()
+        result.checked += 2
+        if _digest(report.moved_to.with_name(report.moved_to.name + "-wal")) != before:
+            result.fail("wal flip: the moved-aside -wal is not byte for byte")
+        result.outcomes["wal flip: recovered"] += 1
+        result.outcomes["wal flip: jobs kept (the commits before the damage)"] += kept
+        result.outcomes["wal flip: jobs only in the moved-aside -wal"] += commits - kept
+    finally:
+        recovered.close()
+
+
 _PARTS = {
     "not a database": _not_a_database,
     "live wal": _live_wal,
     "symlink": _symlink,
     "mode and owner": _mode_and_owner,
+    "wal flip": _wal_flip,
 }
+
+
+def _acked(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line]
+
+
+def _live_writer(result: ScenarioResult, folder: Path, rng: random.Random) -> None:
+    """Recovery at open while another process keeps saving into the damaged file (issue 10,
+    item 1): every save that process saw succeed must be in the live store afterwards."""
+    path = folder / "jobs.db"
+    _fill(path, rng.randint(3000, 6000), rng)
+    page_size, pages = _pages(path)
+    # A page the writer's saves never touch: a leaf of the checkpoints.
+    leaves = [page for page, name, kind, _ in pages if (name, kind) == ("job_checkpoints", "leaf")]
+    if not leaves:
+        result.fail("live writer: the file has no checkpoint leaf to damage")
+        return
+    target = rng.randint(50, 500)
+    acked, stop = folder / "acked.txt", folder / "stop"
+    acked.touch()
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "cidx_jobs_stress.child", "saver", str(path), str(acked), str(stop)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    store = None
+    try:
+        deadline = time.monotonic() + 60
+        while len(_acked(acked)) < target and time.monotonic() < deadline:
+            if writer.poll() is not None:
+                break
+            time.sleep(0.01)
+        _damage(path, [rng.choice(leaves)], page_size, rng)
+        result.faults += 1
+        before = len(_acked(acked))
+        store = _recovered(result, path, "live writer")
+        during = len(_acked(acked)) - before
+        deadline = time.monotonic() + 30
+        while len(_acked(acked)) <= before + during + 20 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the writer goes on into the fresh file
+    finally:
+        stop.touch()
+        try:
+            out, err = writer.communicate(timeout=120)
+        finally:
+            if writer.poll() is None:
+                writer.kill()
+                writer.communicate()
+    if store is None:
+        return
+    try:
+        if writer.returncode != 0:
+            result.fail(f"live writer: the writer failed: {err[-500:]}")
+            return
+        if getattr(store.storage, "recovery", None) is None:
+            result.outcomes["live writer: damage not found"] += 1
+            return
+        saved = _acked(acked)
+        lost = [job_id for job_id in saved if store.load_job(job_id) is None]
+        result.checked += len(saved)
+        if lost:
+            result.fail(
+                f"live writer: {len(lost)} of {len(saved)} acknowledged saves are not in the "
+                f"live store; first lost: {lost[:5]}"
+            )
+        result.outcomes["live writer: recoveries"] += 1
+        result.outcomes["live writer: acknowledged saves checked"] += len(saved)
+        result.outcomes["live writer: saves acknowledged while the recovery opened"] += during
+        result.outcomes["live writer: writer's calls that raised"] += int(out.strip() or 0)
+    finally:
+        store.close()
 
 
 def _page_kinds(result: ScenarioResult, folder: Path, jobs: int, rng: random.Random) -> None:
@@ -427,6 +574,16 @@ def run(config: StressConfig, workdir: Path) -> ScenarioResult:
         result.fail(f"page kinds: the trial crashed: {error!r}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    for trial in range(config.scaled(1, 5)):
+        folder = workdir / f"live-writer-{trial}"
+        folder.mkdir(parents=True)
+        result.trials += 1
+        try:
+            _live_writer(result, folder, rng)
+        except Exception as error:  # a crash of a trial is a failure
+            result.fail(f"live writer: the trial crashed: {error!r}")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     rounds = config.scaled(2, 10)
     for round_number in range(rounds):
         for name, part in _PARTS.items():

@@ -332,8 +332,17 @@ class MemoryStorage(Storage):
                 job.heartbeat_at,
             ):
                 return False
+            # A move to interrupted stops the job: its retention counts from now.
+            completed_at = now if status is JobStatus.INTERRUPTED else current.completed_at
             self._put(
-                attrs.evolve(current, status=status, owner_id=owner, heartbeat_at=now), row[1]
+                attrs.evolve(
+                    current,
+                    status=status,
+                    owner_id=owner,
+                    heartbeat_at=now,
+                    completed_at=completed_at,
+                ),
+                row[1],
             )
             self._set_lease(job.id, None)
             return True

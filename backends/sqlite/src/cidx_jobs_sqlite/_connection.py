@@ -29,9 +29,20 @@ from . import _schema
 from ._errors import DAMAGE, error_code, folder_error, permission_problem
 from ._options import SqliteOptions
 from ._pool import Connection
-from ._recovery import RecoveryReport, file_identity, folder_lock, looks_like_sqlite, probe, recover
+from ._recovery import (
+    RecoveryReport,
+    create_like,
+    file_identity,
+    folder_lock,
+    looks_like_sqlite,
+    probe,
+    recover,
+    writers_held_off,
+)
 from ._runner import retry_busy, translating
+from ._shm import check_wal_index
 from ._undecodable import find_undecodable
+from ._walcheck import wal_damage
 
 logger = logging.getLogger("cidx_jobs.sqlite")
 
@@ -85,6 +96,8 @@ class Connector:
             the path holds a file that is not an SQLite database.
         :raises SchemaVersionError: the file was written by a newer release, or by another
             program.
+        :raises StorageUnavailableError: another process has the database open through a
+            removed or replaced ``-shm`` (or a removed ``-wal``).
         :raises StorageError: SQLite failed otherwise.
         """
         if sqlite3.sqlite_version_info < MIN_SQLITE:
@@ -109,6 +122,9 @@ class Connector:
             problem = permission_problem(self.path)
             if problem is not None:
                 raise StoragePermissionError(problem)
+        # Before SQLite reads the file, which would create a new -shm beside the one other
+        # processes may still use (docs/sqlite.md, "The -shm file").
+        check_wal_index(self.path)
         conn = self._bare_connect()
         try:
             damage = self._check(conn)
@@ -129,14 +145,25 @@ class Connector:
         """
         if not self.options.read_only:
             self._make_folder()
-        conn = self._bare_connect()
-        try:
-            self._configure(conn)
-            self._setup(conn, initial=False)
-        except BaseException:
+        for _attempt in range(3):
+            check_wal_index(self.path)
+            before = file_identity(self.path)
+            conn = self._bare_connect()
+            try:
+                self._configure(conn)
+                self._setup(conn, initial=False)
+            except BaseException:
+                conn.close()
+                raise
+            # The identity is read after the connect: a file replaced in between (a recovery's
+            # swap) would give a connection to the old file the new file's identity, and its
+            # writes would pass the check after every write.
+            if conn.identity == before:
+                return conn
             conn.close()
-            raise
-        return conn
+        raise StorageUnavailableError(
+            f"{self.path} kept being replaced while a connection was opened; retry the call"
+        )
 
     # -- the steps -----------------------------------------------------------------------------
 
@@ -154,6 +181,13 @@ class Connector:
                     cached_statements=CACHED_STATEMENTS,
                     factory=self._connection_class,
                 )
+            real = os.path.realpath(self._path_str)  # a dangling link's target too
+            if not os.path.lexists(real):
+                # SQLite would create it with the umask's mode, readable by every user on a
+                # default system: a new database is created owner-only, and its -wal and
+                # -shm take its mode. An error is left to the connect, which reports it.
+                with contextlib.suppress(OSError):
+                    create_like(Path(real), None)
             return sqlite3.connect(
                 self._path_str,
                 timeout=self._busy,
@@ -213,6 +247,10 @@ class Connector:
                     # integrity_check does not read text as UTF-8; sqlite3 does, and
                     # refuses a row that is not.
                     damage = find_undecodable(conn)
+                if damage is None and self.options.check_on_open != "off":
+                    # SQLite drops every commit after a damaged -wal frame without an error,
+                    # and the next write overwrites them (never raises; holds the -wal).
+                    damage = wal_damage(conn, self.path)
                 return damage
             except sqlite3.DatabaseError as error:
                 if error_code(error) in DAMAGE:
@@ -232,7 +270,8 @@ class Connector:
                 "backup, or open it with recover_corrupt=true to move it aside and salvage "
                 "every readable job into a fresh database"
             )
-        with folder_lock(path.parent):
+        # The folder of the file itself: two paths linked to one database take one lock.
+        with folder_lock(Path(os.path.realpath(path)).parent):
             # Another process may have recovered the file while this one waited.
             conn = self._bare_connect()
             try:
@@ -244,7 +283,13 @@ class Connector:
                 return conn
             conn.close()
             try:
-                with translating(path, "salvaging the damaged database"):
+                # Writers of other processes are held off from before the salvage reads the
+                # file until it is replaced: none of their acknowledged writes can end up
+                # only in the file moved aside.
+                with (
+                    translating(path, "salvaging the damaged database"),
+                    writers_held_off(path, self._busy),
+                ):
                     self.recovery = recover(path, damage_now)
             except PermissionError as error:
                 raise StoragePermissionError(

@@ -1,28 +1,53 @@
 """The operator side of the SQLite backend: what ``cidx-jobs stats``, ``doctor`` and
-``migrate`` ask a storage (the optional operator methods of :class:`~cidx_jobs.backend.Storage`).
+``migrate`` ask a storage (the optional operator methods of :class:`~cidx_jobs.backend.Storage`),
+and :func:`salvage_file`, behind ``cidx-jobs salvage``, which works on files, not on a store.
 
-Everything here reads, except :func:`migrate`. The checks look at what only this backend
+Everything here reads, except :func:`migrate` and the file :func:`salvage_file` writes. The checks look at what only this backend
 knows (the file, its ``-wal`` and ``-shm``, the folder, SQLite's settings); ``cidx-jobs
 doctor`` adds the checks every backend shares (leases, schema version, clock).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import secrets
 import shutil
 import sqlite3
 import stat
+import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import attrs
+
 from cidx_jobs import ACTIVE_STATUSES, SyncJob
 from cidx_jobs.backend import Health, HealthCheck, StorageInfo
-from cidx_jobs.errors import StorageCorruptError
+from cidx_jobs.errors import (
+    StorageCorruptError,
+    StorageError,
+    StorageFullError,
+    StoragePermissionError,
+    ValidationError,
+)
 
 from . import _schema
 from ._codec import JOB_COLUMNS_SQL, decode_job
 from ._connection import JOURNAL_SIZE_LIMIT
+from ._errors import FULL, error_code
+from ._recovery import (
+    COMPANION_SUFFIXES,
+    SQLITE_MAGIC,
+    RecoveryReport,
+    _salvage,
+    _write_fresh,
+    create_like,
+    looks_like_sqlite,
+)
 from ._runner import ALL, ONE
+from ._walcheck import _find, find_wal_damage, repair_wal
 
 if TYPE_CHECKING:
     from ._storage import SqliteStorage
@@ -227,7 +252,7 @@ def _recovery(storage: SqliteStorage) -> HealthCheck:
             ),
             advice=(
                 "check the disk (dmesg, smartctl), read what you need from the damaged copy "
-                "(sqlite3 ... .recover), then delete it"
+                f"(cidx-jobs salvage {report.moved_to} salvaged.db), then delete it"
             ),
             data={
                 "moved_to": str(report.moved_to),
@@ -241,7 +266,10 @@ def _recovery(storage: SqliteStorage) -> HealthCheck:
             name="recovery",
             health=Health.WARNING,
             summary=f"{len(copies)} damaged copy(ies) left by earlier recoveries: {copies[0]}",
-            advice="delete them once you have read what you need from them",
+            advice=(
+                "read what you need from them (cidx-jobs salvage DAMAGED salvaged.db writes "
+                "every readable job into a fresh database), then delete them"
+            ),
             data={"copies": copies},
         )
     return HealthCheck(
@@ -456,3 +484,201 @@ def _settings(info: StorageInfo) -> HealthCheck:
         advice="use synchronous=normal (the default) or full in the store's URL",
         data=dict(settings),
     )
+
+
+# -- salvage ------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class SalvageReport:
+    """What :func:`salvage_file` kept and lost.
+
+    :ivar source: the damaged file that was read (never changed).
+    :ivar target: the fresh database that was written.
+    :ivar jobs_kept: jobs written into ``target``.
+    :ivar checkpoints_kept: checkpoints written into it.
+    :ivar jobs_lost: ids of jobs the primary-key index names that could not be read.
+    :ivar checkpoints_lost: checkpoints that could not be read or whose job was lost.
+    :ivar rows_unreadable: rows known to exist that could not be read or were not valid.
+    :ivar wal_repair: the one flipped bit of the source's ``-wal`` that was set right in
+        the salvage's copy, so that the commits after it were read too, or ``None``.
+    :ivar wal_damage: the damage left in the source's ``-wal`` (commits past a damaged
+        frame, which the salvage, reading the ``-wal`` as SQLite does, cannot read), or
+        ``None``.
+    :ivar complete: True only when every page of the tables was read, no row known to
+        exist was lost and the ``-wal`` held no commit past damage.
+    :ivar seconds: how long it took.
+    """
+
+    source: Path
+    target: Path
+    jobs_kept: int
+    checkpoints_kept: int
+    jobs_lost: tuple[str, ...]
+    checkpoints_lost: int
+    rows_unreadable: int
+    wal_repair: str | None
+    wal_damage: str | None
+    complete: bool
+    seconds: float
+
+
+def salvage_file(source: Path, target: Path, *, force: bool = False) -> SalvageReport:
+    """Read every readable job and checkpoint of the damaged database ``source`` (a file
+    that recovery moved aside, or the database of a stopped server) with the backend's
+    own salvage, and write them into a fresh database at ``target``.
+
+    ``source`` and its ``-wal`` are only read, as plain files, and its ``-shm`` is not
+    touched: SQLite never opens them, so no byte of them changes and no file appears
+    beside them. When the ``-wal`` hides commits behind one flipped bit that can be set
+    right with certainty (:func:`._walcheck.repair_wal`), the salvage reads a repaired
+    copy of it (in a private folder beside ``target``) and keeps those commits. ``target`` is
+    created with the mode (and, run as root, the owner) of ``source``, written under a
+    temporary name beside it and renamed into place when it is complete.
+
+    :param force: replace an existing ``target`` (an SQLite database that is not in use).
+    :raises ValidationError: ``source`` is missing or not a file (``field="source"``);
+        ``target`` exists without ``force``, is ``source`` or one of its companion files,
+        is a folder, lies in a missing folder, is not an SQLite database, or has a
+        ``-wal`` or ``-shm`` beside it (``field="target"``). Nothing was written.
+    :raises StorageCorruptError: ``source`` is not an SQLite database, not even a damaged
+        one (random bytes, another program's file).
+    :raises StoragePermissionError: ``source`` cannot be read, or ``target``'s folder
+        written.
+    :raises StorageFullError: no space is left for ``target``; nothing was left behind.
+    :raises StorageError: the salvage or the fresh database failed otherwise.
+    """
+    started = time.monotonic()
+    source = Path(os.path.realpath(source))
+    target = Path(os.path.abspath(target))
+    _check_salvage_paths(source, target, force=force)
+    report = RecoveryReport(moved_to=source, problem="salvaged by cidx-jobs salvage")
+    partial = target.with_name(f".{target.name}.salvage-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        damage = find_wal_damage(source, use_shm=False)
+        repair = None if damage is None else repair_wal(source)
+        if repair is None:
+            jobs, checkpoints = _salvage(source, report)
+        else:
+            with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+                # The file itself through a link, beside the repaired -wal: nothing of the
+                # source is copied or changed.
+                view = Path(tmp) / source.name
+                view.symlink_to(source)
+                wal = view.with_name(view.name + "-wal")
+                create_like(wal, None)
+                wal.write_bytes(repair.wal)
+                jobs, checkpoints = _salvage(view, report)
+                damage = _find(view, use_shm=False)
+        create_like(partial, source)
+        _write_fresh(partial, jobs, checkpoints)
+        os.replace(partial, target)
+    except PermissionError as error:
+        raise StoragePermissionError(
+            f"cannot salvage {source} into {target}: {error.strerror or error} "
+            f"({error.filename or target.parent}); run as a user who may read {source} and "
+            f"create files in {target.parent}"
+        ) from error
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFullError(
+                f"no space left to write {target}: free disk space, or write it to another "
+                "file system"
+            ) from error
+        raise StorageError(f"cannot salvage {source} into {target}: {error}") from error
+    except sqlite3.Error as error:
+        if error_code(error) == FULL:
+            raise StorageFullError(
+                f"no space left to write {target}: free disk space, or write it to another "
+                "file system"
+            ) from error
+        raise StorageError(f"cannot write the salvaged jobs into {target}: {error}") from error
+    finally:
+        for suffix in ("", *COMPANION_SUFFIXES):
+            with contextlib.suppress(OSError):
+                os.remove(partial.with_name(partial.name + suffix))
+    return SalvageReport(
+        source=source,
+        target=target,
+        jobs_kept=report.jobs_kept,
+        checkpoints_kept=report.checkpoints_kept,
+        jobs_lost=tuple(report.jobs_lost),
+        checkpoints_lost=report.checkpoints_lost,
+        rows_unreadable=report.rows_unreadable,
+        wal_repair=None if repair is None else repair.describe(),
+        wal_damage=None if damage is None else damage.describe(),
+        complete=report.complete and damage is None,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _check_salvage_paths(source: Path, target: Path, *, force: bool) -> None:
+    try:
+        mode = source.stat().st_mode
+    except FileNotFoundError:
+        raise ValidationError(
+            f"{source} does not exist: name the damaged file (jobs.db.corrupt-... beside the "
+            "database)",
+            field="source",
+        ) from None
+    except PermissionError as error:
+        raise StoragePermissionError(
+            f"cannot read {source}: {error.strerror}; run as the database's owner"
+        ) from error
+    if not stat.S_ISREG(mode):
+        raise ValidationError(f"{source} is not a file: name the damaged file", field="source")
+    if not os.access(source, os.R_OK):
+        raise StoragePermissionError(f"cannot read {source}: run as the database's owner")
+    if not looks_like_sqlite(source):
+        raise StorageCorruptError(
+            f"{source} is not an SQLite database, not even a damaged one; nothing was written. "
+            "Check the path"
+        )
+    resolved = Path(os.path.realpath(target))
+    for suffix in ("", *COMPANION_SUFFIXES):
+        own = source.with_name(source.name + suffix)
+        if resolved == own or (own.exists() and target.exists() and os.path.samefile(own, target)):
+            what = "the damaged file itself" if not suffix else f"its {suffix} file"
+            raise ValidationError(
+                f"cannot salvage {source} into {target}: it is {what}, which must stay as it "
+                "is; write the salvaged database to another file",
+                field="target",
+            )
+    if not target.parent.is_dir():
+        raise ValidationError(
+            f"cannot salvage into {target}: the folder {target.parent} does not exist",
+            field="target",
+        )
+    if target.is_dir():
+        raise ValidationError(
+            f"cannot salvage into {target}: it is a folder; name a file in it "
+            f"(e.g. {target / 'jobs-salvaged.db'})",
+            field="target",
+        )
+    if not os.path.lexists(target):
+        return
+    if not force:
+        raise ValidationError(
+            f"{target} exists: pass --force to replace it, or name another file",
+            field="target",
+        )
+    with contextlib.suppress(OSError), target.open("rb") as file:
+        head = file.read(len(SQLITE_MAGIC))
+        if head and head != SQLITE_MAGIC:
+            raise ValidationError(
+                f"{target} exists and is not an SQLite database, so it is not replaced, "
+                "--force or not; remove it, or name another file",
+                field="target",
+            )
+    in_use = [
+        target.name + suffix
+        for suffix in COMPANION_SUFFIXES
+        if os.path.lexists(target.with_name(target.name + suffix))
+    ]
+    if in_use:
+        raise ValidationError(
+            f"{target} has {', '.join(in_use)} beside it: it may be a database in use (or not "
+            "closed cleanly), and replacing it would break it; stop what uses it, or name "
+            "another file",
+            field="target",
+        )

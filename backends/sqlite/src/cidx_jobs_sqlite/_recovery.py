@@ -30,6 +30,7 @@ import os
 import sqlite3
 import stat
 import struct
+import time
 import urllib.parse
 import weakref
 from collections.abc import Iterator
@@ -40,7 +41,12 @@ from typing import Any
 import attrs
 
 from cidx_jobs import Checkpoint, JobStatus, SyncJob
-from cidx_jobs.errors import CidxJobsError, StoragePermissionError, StorageUnavailableError
+from cidx_jobs.errors import (
+    CidxJobsError,
+    StorageBusyError,
+    StoragePermissionError,
+    StorageUnavailableError,
+)
 
 from . import _codec, _statements
 from ._errors import CORRUPT, NOTADB, error_code
@@ -214,6 +220,89 @@ def folder_lock(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
+#: Where SQLite's unix VFS keeps the locks a writer needs (os_unix.c, wal.c): byte 120 of
+#: the ``-shm`` is the WAL write lock and byte 121 the checkpoint lock; in the database file,
+#: the 510 bytes from ``PENDING_BYTE + 2`` are the SHARED range, which a connection must hold
+#: exclusively to commit in rollback-journal mode, or to checkpoint and delete the ``-wal``
+#: when it closes last.
+_SHM_WRITE_LOCK, _SHM_LOCKED_BYTES = 120, 2
+_DB_SHARED_FIRST, _DB_SHARED_SIZE = 0x40000000 + 2, 510
+_LOCK_POLL_SECONDS = 0.001
+#: Descriptors that held recovery locks. Closing any descriptor of a file drops every POSIX
+#: lock this process holds on it, those of its own SQLite connections included (a reader's
+#: read mark, the -shm's dead-man switch): they are unlocked and kept open instead, one or
+#: two per recovery, for the life of the process.
+_PARKED: list[int] = []
+
+
+@contextlib.contextmanager
+def writers_held_off(path: Path, timeout: float) -> Iterator[None]:
+    """Hold off every writer of the database at ``path`` (or at the target of a symlink
+    there) for the duration of the block: a shared lock on the WAL's write and checkpoint
+    bytes of its ``-shm``, and a shared lock on the SHARED range of the file itself.
+
+    Recovery salvages the file while other processes may still have it open: a save they
+    committed after the salvage read the file would be acknowledged and end up only in the
+    file moved aside. With these locks held, their writes wait (and fail with the busy
+    timeout if the recovery takes longer), and once the file is replaced the write that
+    lands in the moved file raises, because the runner checks the file after every write.
+    The same locks keep a checkpoint from rewriting the file's pages while the salvage reads
+    them, and the last connection to close from checkpointing the ``-wal`` into the damaged
+    file and deleting it; in rollback-journal mode (no ``-shm``) the file's lock alone keeps
+    writers from committing.
+
+    They are open-file-description locks where the system has them (Linux), which also hold
+    off the writers of other stores in this process, and shared ones, so that read access to
+    the ``-shm`` is enough.
+
+    :raises StorageBusyError: a writer or a checkpoint held its lock for ``timeout`` seconds.
+    :raises OSError: the file or its ``-shm`` exists but cannot be opened.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    real = Path(os.path.realpath(path))
+    ranges = [(real, _DB_SHARED_FIRST, _DB_SHARED_SIZE)]
+    if os.path.exists(real.with_name(real.name + "-shm")):
+        ranges.append((real.with_name(real.name + "-shm"), _SHM_WRITE_LOCK, _SHM_LOCKED_BYTES))
+    ofd = getattr(fcntl, "F_OFD_SETLK", None)
+
+    def request(fd: int, kind: int, start: int, length: int) -> bool:
+        try:
+            if ofd is None:  # pragma: no cover - a system without OFD locks
+                flag = fcntl.LOCK_UN if kind == fcntl.F_UNLCK else fcntl.LOCK_SH | fcntl.LOCK_NB
+                fcntl.lockf(fd, flag, length, start)
+            else:
+                # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks).
+                lock = struct.pack("hhqqi4x", kind, os.SEEK_SET, start, length, 0)
+                fcntl.fcntl(fd, ofd, lock)
+        except (BlockingIOError, PermissionError):
+            return False  # EAGAIN or EACCES: another connection holds the byte exclusively
+        return True
+
+    held: list[tuple[int, int, int]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        for file, start, length in ranges:
+            fd = os.open(file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            _PARKED.append(fd)
+            while not request(fd, fcntl.F_RDLCK, start, length):
+                if time.monotonic() >= deadline:
+                    raise StorageBusyError(
+                        f"cannot recover the damaged {path}: a writer or a checkpoint (of "
+                        f"another process or of another store of this one) kept its lock for "
+                        f"{timeout * 1000:.0f} ms (busy_timeout_ms); the next open tries again"
+                    )
+                time.sleep(_LOCK_POLL_SECONDS)
+            held.append((fd, start, length))
+        yield
+    finally:
+        for fd, start, length in held:
+            request(fd, fcntl.F_UNLCK, start, length)
+
+
 def file_identity(path: Path) -> tuple[int, int] | None:
     """The (device, inode) of the file at ``path``, or ``None`` if there is none."""
     try:
@@ -240,8 +329,8 @@ def create_like(path: Path, original: Path | None) -> None:
         if like is None:
             # The umask may only have narrowed it.
             os.fchmod(fd, NEW_DATABASE_MODE)
-            return
-        if (like.st_uid, like.st_gid) != (os.geteuid(), os.getegid()):
+        # What the file got, not the process's ids: a setgid folder gives its own group.
+        elif (like.st_uid, like.st_gid) != (os.fstat(fd).st_uid, os.fstat(fd).st_gid):
             try:
                 os.fchown(fd, like.st_uid, like.st_gid)
             except PermissionError:
@@ -256,7 +345,8 @@ def create_like(path: Path, original: Path | None) -> None:
                     os.geteuid(),
                     os.getegid(),
                 )
-        os.fchmod(fd, stat.S_IMODE(like.st_mode))
+        if like is not None:
+            os.fchmod(fd, stat.S_IMODE(like.st_mode))
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -856,13 +946,14 @@ def _salvage(
         try:
             image = _Image(data, size, wal)
             scan, schema_whole = _scan(image)
-            return _collect(scan, schema_whole, report)
+            rows = _collect(scan, schema_whole, report)
         except _Unreadable:
             report.complete = False
             return [], []
         finally:
             if isinstance(data, mmap.mmap):
                 data.close()
+    return rows
 
 
 def _collect(

@@ -46,6 +46,7 @@ from ._errors import (
 )
 from ._pool import Connection, ConnectionPool
 from ._recovery import file_identity
+from ._shm import ShmWatch
 
 logger = logging.getLogger("cidx_jobs.sqlite")
 
@@ -205,6 +206,7 @@ class Runner:
         self._next_check = 0.0
         self._lock = threading.Lock()
         self._reported: set[tuple[int, int] | None] = set()
+        self._shm = ShmWatch(path, IDENTITY_CHECK_INTERVAL)
         #: The fault a coming statement meets (see SqliteFaultInjector), if one is armed,
         #: and how many statements pass before it.
         self._fault: Fault | None = None
@@ -397,7 +399,7 @@ class Runner:
         if (stat.st_dev, stat.st_ino) != conn.identity:
             self._file_changed()
 
-    def _check_file(self, conn: Connection) -> None:
+    def _check_file(self, conn: Connection, *, committed: bool = False) -> None:
         self._next_check = time.monotonic() + IDENTITY_CHECK_INTERVAL
         try:
             stat = os.stat(self._path_str)
@@ -405,6 +407,8 @@ class Runner:
             self._file_changed()
         if (stat.st_dev, stat.st_ino) != conn.identity:
             self._file_changed()
+        # And the -shm, whose removal SQLite does not notice (docs/sqlite.md).
+        self._shm.check(self.pool.invalidate, committed=committed)
 
     def _file_changed(self) -> NoReturn:
         """The path no longer names the file the pool opened: retire every connection."""
@@ -521,7 +525,7 @@ class Runner:
                 self._rollback(conn)
                 raise
         try:
-            self._check_file(conn)
+            self._check_file(conn, committed=True)
         finally:
             self.pool.release(conn)
 

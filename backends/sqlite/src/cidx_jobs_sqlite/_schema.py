@@ -40,6 +40,9 @@ TERMINAL_SQL = "('cancelled', 'completed', 'failed')"
 #: ``sync_jobs_active_owner`` does: SQLite uses a partial index only for a query whose WHERE
 #: clause contains the index's own terms.
 ACTIVE_SQL = "('pending', 'queued', 'running')"
+#: The statuses that are not active, as SQL literals (kept in step with
+#: cidx_jobs.FINISHED_STATUSES): a job of one of them has stopped, at its ``completed_at``.
+FINISHED_SQL = "('cancelled', 'completed', 'failed', 'interrupted')"
 
 # Datetimes are INTEGER microseconds since 1970-01-01 UTC: exact, compact, ordered, and
 # free of the numeric-affinity trap of columns declared TIMESTAMP or JSON. Text columns are
@@ -110,6 +113,22 @@ _V3 = (
 _V4 = ("ALTER TABLE sync_jobs ADD COLUMN lease_token TEXT",)
 
 
+#: Gives every interrupted job without a ``completed_at`` the best estimate of when it
+#: stopped: its last sign of life. For a job recovery interrupted, ``heartbeat_at`` is
+#: exactly the take-over (recovery sets it, and heartbeats renew only active jobs); for one
+#: interrupted by a status change, its owner's last heartbeat before. Releases before
+#: version 5 left ``completed_at`` empty on a move to interrupted, so cleanup measured such a
+#: job's retention from ``created_at`` and could delete, with its checkpoints, a job recovery
+#: had just handed out. A data change only: no column or index changes (the index
+#: ``sync_jobs_status_finished`` is updated with the rows). Idempotent, so that it can also
+#: serve rows salvaged from a file written before version 5.
+STAMP_INTERRUPTED = (
+    "UPDATE sync_jobs SET completed_at = coalesce(heartbeat_at, started_at, created_at) "
+    "WHERE status = 'interrupted' AND completed_at IS NULL"
+)
+_V5 = (STAMP_INTERRUPTED,)
+
+
 @attrs.frozen(kw_only=True)
 class Migration:
     """One forward step of the schema.
@@ -148,6 +167,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         version=4,
         description="add the lease token column lease_token, for fenced writes",
         statements=_V4,
+    ),
+    Migration(
+        version=5,
+        description="stamp completed_at of interrupted jobs that have none with their last "
+        "heartbeat (or start, or creation), so their retention counts from the interruption",
+        statements=_V5,
     ),
 )
 

@@ -15,7 +15,7 @@ from cidx_jobs import ACTIVE_STATUSES, TERMINAL_STATUSES, Checkpoint, JobFilter,
 from cidx_jobs.backend import StatusChange
 
 from ._codec import EPOCH, JOB_COLUMNS, JOB_COLUMNS_SQL, MICROSECOND, encode_time
-from ._schema import ACTIVE_SQL, TERMINAL_SQL
+from ._schema import ACTIVE_SQL, FINISHED_SQL, TERMINAL_SQL
 
 # -- fixed statements --------------------------------------------------------------------------
 
@@ -70,6 +70,14 @@ TAKE_OVER = (
     "UPDATE sync_jobs SET status = ?, owner_id = ?, heartbeat_at = ?, lease_token = NULL "
     "WHERE id = ? AND status = ? AND owner_id IS ? AND heartbeat_at IS ?"
 )
+# The take-over to interrupted also stamps completed_at (the same parameter as heartbeat_at,
+# ?3): the retention of a job recovery hands out counts from its interruption, not from a
+# created_at that may be older than the retention. The job is active (the WHERE compares
+# its status with FIND_STALE's), so StatusChange's rule stamps it unconditionally too.
+TAKE_OVER_INTERRUPTED = (
+    "UPDATE sync_jobs SET status = ?1, owner_id = ?2, heartbeat_at = ?3, completed_at = ?3, "
+    "lease_token = NULL WHERE id = ?4 AND status = ?5 AND owner_id IS ?6 AND heartbeat_at IS ?7"
+)
 #: Copies the write-ahead log into the database without waiting for readers or writers.
 WAL_CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
 #: Writes take the write lock at the start: a deferred read-then-write transaction fails
@@ -123,6 +131,13 @@ def status_sql(
         )
     elif status in ACTIVE_STATUSES:
         sets.append("completed_at = NULL")
+    else:
+        # Interrupted: stamped when the job stops (from an active status), so that its
+        # retention counts from the interruption; a finished job keeps its stamp.
+        sets.append(
+            f"completed_at = CASE WHEN status IN {FINISHED_SQL} AND completed_at IS NOT NULL "
+            "THEN completed_at ELSE ? END"
+        )
     if has_error:
         sets.append("error_message = ?")
     where = "id = ?"
@@ -162,7 +177,7 @@ def status_statement(job_id: str, change: StatusChange) -> tuple[str, list[Any]]
             params.append(owner)
             params.append(now)
             params.append(change.lease)
-    if status in TERMINAL_STATUSES:
+    if status not in ACTIVE_STATUSES:
         params.append(now)
     if has_error:
         params.append(change.error_message)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Mapping
@@ -16,7 +18,14 @@ from typing import Any
 
 from cidx_jobs import Checkpoint, JobFilter, JobStatus, SyncJob
 from cidx_jobs.backend import BackendConfig, HealthCheck, StatusChange, Storage, StorageInfo
-from cidx_jobs.errors import CidxJobsError, DuplicateJobError, StorageCorruptError, StorageError
+from cidx_jobs.errors import (
+    CidxJobsError,
+    DuplicateJobError,
+    StorageCorruptError,
+    StorageError,
+    StorageFullError,
+    StoragePermissionError,
+)
 
 from . import _codec, _operations, _undecodable
 from . import _statements as sql
@@ -25,7 +34,7 @@ from ._connection import Connector
 from ._errors import ConstraintError, UnreadableTextError
 from ._options import SqliteOptions, check_backup_target
 from ._pool import Connection, ConnectionPool
-from ._recovery import RecoveryReport
+from ._recovery import RecoveryReport, create_like
 from ._runner import ALL, CHANGES, ONE, ROWCOUNT, Runner, SqliteFaultInjector
 
 logger = logging.getLogger("cidx_jobs.sqlite")
@@ -347,9 +356,11 @@ class SqliteStorage(Storage):
             raise self._unreadable(None, error) from error
 
     def take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
+        # Only the move to interrupted stops the job, and so stamps completed_at.
+        statement = sql.TAKE_OVER_INTERRUPTED if status is JobStatus.INTERRUPTED else sql.TAKE_OVER
         count: int = self._run(
             ROWCOUNT,
-            sql.TAKE_OVER,
+            statement,
             (
                 status.value,
                 owner,
@@ -391,17 +402,30 @@ class SqliteStorage(Storage):
 
     def backup(self, target: str | os.PathLike[str]) -> None:
         """Write a consistent copy of the database to ``target`` while the store stays in use
-        (SQLite's online backup; an existing file at ``target`` is overwritten).
+        (SQLite's online backup; an existing file at ``target`` is overwritten). A new
+        ``target`` gets the database's mode and owner (the owner only when run as root), an
+        existing one loses any permission the database lacks.
 
         :raises ValidationError: ``target`` is the database or one of its ``-wal``, ``-shm``
             or ``-journal`` files (or those of another database), a folder, or a file that
             is not an SQLite database; nothing was written.
         :raises StoragePermissionError: ``target`` cannot be written.
+        :raises StorageFullError: no space is left for ``target``.
         :raises StorageError: the copy failed; ``target`` may be incomplete.
         """
         destination = Path(target).absolute()
         check_backup_target(self._path, destination)
         with self._runner.connection(f"backing up {self._path}", destination) as conn:
+            # The copy holds what the database holds: a new one gets the database's mode and
+            # owner, and one it overwrites is never left readable by more users than that.
+            try:
+                if os.path.exists(destination):
+                    keep = os.stat(destination).st_mode & os.stat(self._path).st_mode
+                    os.chmod(destination, stat.S_IMODE(keep))
+                else:  # a dangling link's target is created where the link points
+                    create_like(Path(os.path.realpath(destination)), self._path)
+            except OSError as error:
+                raise _backup_error(destination, error) from error
             with contextlib.closing(sqlite3.connect(destination)) as copy:
                 conn.backup(copy)
 
@@ -462,6 +486,21 @@ class SqliteStorage(Storage):
             "changed outside cidx-jobs or is damaged; fix or delete the row, or restore the "
             "file from a backup"
         )
+
+
+def _backup_error(target: Path, error: OSError) -> StorageError:
+    """The cidx-jobs error for ``error``, raised while creating the backup file ``target``."""
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return StorageFullError(
+            f"cannot create the backup {target}: no space is left on its disk "
+            f"({error.strerror}); free space there or back up to another disk"
+        )
+    if isinstance(error, PermissionError) or error.errno == errno.EROFS:
+        return StoragePermissionError(
+            f"cannot create the backup {target}: {error.strerror}; back up to a folder the "
+            "service user can write to"
+        )
+    return StorageError(f"cannot create the backup {target}: {error}")
 
 
 def next_batch_size(size: int, elapsed: float, cap: int) -> int:

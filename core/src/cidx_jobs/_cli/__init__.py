@@ -45,7 +45,7 @@ BROKEN_PIPE = 141
 _DESCRIPTION = f"""\
 Durable job state for the CIDX server: the operator's tools.
 
-Every command but demo and info works on the store that --url names, or else
+Every command but demo, info and salvage works on the store that --url names, or else
 {URL_ENV_VAR}: the same URL the server is configured with
 (e.g. sqlite:////var/lib/cidx/jobs.db). Commands never migrate the database
 (except migrate). Exit status: 0 ok, 1 problems found, 2 usage or configuration
@@ -222,6 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backup.add_argument("dest", help="the copy's file (a folder: a dated file in it)")
     backup.add_argument("--force", action="store_true", help="replace DEST if it exists")
+
+    salvage = commands.add_parser(
+        "salvage",
+        help="read every readable job of a damaged SQLite file (e.g. one recovery moved aside) "
+        "into a fresh database",
+        description="Read the damaged SQLite job database DAMAGED (the jobs.db.corrupt-... "
+        "file a recovery moved aside, or the database of a stopped server) with the sqlite "
+        "backend's own salvage, and write every readable job and checkpoint into a fresh "
+        "database TARGET. DAMAGED, its -wal and its -shm are only read. Exit 0 when "
+        "everything was read, 1 when something was lost.",
+    )
+    salvage.add_argument("source", metavar="DAMAGED", help="the damaged database file (only read)")
+    salvage.add_argument("target", metavar="TARGET", help="the fresh database to write")
+    salvage.add_argument(
+        "--force", action="store_true", help="replace TARGET if it is a database not in use"
+    )
+    salvage.add_argument("--json", action="store_true", help="write JSON instead of text")
     return parser
 
 
@@ -239,6 +256,7 @@ def _command(name: str) -> Callable[[argparse.Namespace, Output], int]:
         "migrate": _commands.cmd_migrate,
         "doctor": _commands.cmd_doctor,
         "backup": _commands.cmd_backup,
+        "salvage": _commands.cmd_salvage,
     }[name]
 
 

@@ -1004,3 +1004,70 @@ def cmd_backup(args: argparse.Namespace, out: Output) -> int:
         return 0
     out.line(f"backed up {source} to {target} ({format_bytes(size)}, {seconds:.2f} s)")
     return 0
+
+
+#: How many ids of lost jobs ``salvage`` prints (``--json`` lists them all).
+LOST_IDS_SHOWN = 20
+
+
+def cmd_salvage(args: argparse.Namespace, out: Output) -> int:
+    # Salvage reads SQLite's file format: it is the sqlite backend's, not a store's
+    # (a damaged file must never be opened as a store), so it is reached directly.
+    try:
+        from cidx_jobs_sqlite._operations import salvage_file
+    except ImportError:
+        raise CommandError(
+            "salvage reads SQLite files with the sqlite backend's own salvage, which is not "
+            "installed: pip install cidx-jobs-sqlite",
+            status=2,
+        ) from None
+    with out.activity(f"salvaging {args.source}"):
+        report = salvage_file(Path(args.source), Path(args.target), force=args.force)
+    status = 0 if report.complete else 1
+    if args.json:
+        out.json(
+            {
+                "source": str(report.source),
+                "target": str(report.target),
+                "jobs_kept": report.jobs_kept,
+                "checkpoints_kept": report.checkpoints_kept,
+                "jobs_lost": list(report.jobs_lost),
+                "checkpoints_lost": report.checkpoints_lost,
+                "rows_unreadable": report.rows_unreadable,
+                "wal_repair": report.wal_repair,
+                "wal_damage": report.wal_damage,
+                "complete": report.complete,
+                "seconds": round(report.seconds, 3),
+            }
+        )
+        return status
+    out.line(
+        f"salvaged {report.source} into {report.target} ({report.seconds:.2f} s): kept "
+        f"{report.jobs_kept} job(s) and {report.checkpoints_kept} checkpoint(s)"
+    )
+    lost = len(report.jobs_lost)
+    if lost:
+        shown = ", ".join(report.jobs_lost[:LOST_IDS_SHOWN])
+        more = (
+            f" and {lost - LOST_IDS_SHOWN} more (--json lists them all)"
+            if lost > LOST_IDS_SHOWN
+            else ""
+        )
+        out.line(f"lost {lost} job(s) that an index still names: {shown}{more}")
+    if report.checkpoints_lost or report.rows_unreadable:
+        out.line(
+            f"lost {report.checkpoints_lost} checkpoint(s); {report.rows_unreadable} row(s) "
+            "could not be read"
+        )
+    if report.wal_repair is not None:
+        out.line(f"repaired in the salvage's copy (the file is unchanged): {report.wal_repair}")
+    if report.wal_damage is not None:
+        out.line(f"not salvaged: {report.wal_damage}")
+    if report.complete:
+        out.line("complete: every page of the tables was read and nothing known was lost")
+    else:
+        out.line(
+            "incomplete: some pages or commits could not be read, so more may be lost than "
+            f"counted; keep {report.source} (with its -wal) until you have what you need"
+        )
+    return status

@@ -1,0 +1,336 @@
+"""Real failures of a real server, each typed, and the store recovering from them (no mocks)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import warnings
+from typing import Any
+
+import psycopg
+import pytest
+
+from cidx_jobs import JobStatus, SyncJob, open_persistence
+from cidx_jobs.errors import (
+    SchemaVersionError,
+    StorageBusyError,
+    StorageError,
+    StorageOutcomeUnknownError,
+    StoragePermissionError,
+    StorageUnavailableError,
+)
+from cidx_jobs_postgres import PostgresStorage
+from cidx_jobs_postgres._runner import NONE
+
+
+def job(job_id: str, **fields: Any) -> SyncJob:
+    return SyncJob(id=job_id, user_id="alice", project_id="repo", **fields)
+
+
+def _schema(url: str) -> str:
+    return url.rsplit("schema=", 1)[1].split("&", 1)[0]
+
+
+def _terminate(admin: Any, application_name: str) -> int:
+    rows = admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = %s AND pid <> pg_backend_pid()",
+        (application_name,),
+    ).fetchall()
+    return len(rows)
+
+
+def test_a_killed_connection_is_typed_and_the_next_call_reconnects(
+    schema_url: str, admin: Any
+) -> None:
+    with open_persistence(f"{schema_url}&application_name=cidx-kill&pool_max=1") as store:
+        store.save_job(job("job-1"))
+        assert _terminate(admin, "cidx-kill") == 1
+        with pytest.raises(StorageUnavailableError) as raised:
+            store.load_job("job-1")
+        assert not isinstance(raised.value, StorageBusyError)
+        assert isinstance(raised.value.__cause__, psycopg.Error)
+        loaded = store.load_job("job-1")
+        assert loaded is not None
+        assert loaded.id == "job-1"
+        assert store.update_job_progress("job-1", 10)
+
+
+def test_killed_connections_are_replaced_even_when_all_die(schema_url: str, admin: Any) -> None:
+    # As after a server restart: every pooled session is gone at once.
+    with open_persistence(
+        f"{schema_url}&application_name=cidx-killall&pool_min=3&pool_max=3"
+    ) as store:
+        store.save_job(job("job-1"))
+        deadline = time.monotonic() + 10
+        while (
+            admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cidx-killall'"
+            ).fetchone()[0]
+            < 3
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        assert _terminate(admin, "cidx-killall") == 3
+        failures = 0
+        for _ in range(2):
+            try:
+                store.load_job("job-1")
+            except StorageUnavailableError:
+                failures += 1
+        assert failures <= 1, "after one failure the pool must have dropped every dead session"
+        assert store.load_job("job-1") is not None
+
+
+def test_a_statement_timeout_is_busy(schema_url: str, admin: Any) -> None:
+    url = f"{schema_url}&statement_timeout_ms=200&lock_timeout_ms=0"
+    with open_persistence(url) as store:
+        store.save_job(job("job-1"))
+        with admin.transaction():
+            admin.execute(f'LOCK TABLE "{_schema(schema_url)}".sync_jobs IN ACCESS EXCLUSIVE MODE')
+            started = time.monotonic()
+            with pytest.raises(StorageBusyError, match="statement_timeout_ms"):
+                store.count_jobs()
+            assert time.monotonic() - started < 5
+        assert store.count_jobs() == 1
+
+
+def test_a_lock_timeout_is_busy_and_writes_nothing(schema_url: str, admin: Any) -> None:
+    with open_persistence(f"{schema_url}&lock_timeout_ms=100") as store:
+        store.save_job(job("job-1"))
+        with admin.transaction():
+            admin.execute(
+                f'SELECT 1 FROM "{_schema(schema_url)}".sync_jobs WHERE id = %s FOR UPDATE',
+                ("job-1",),
+            )
+            with pytest.raises(StorageBusyError, match="lock_timeout_ms"):
+                store.update_job_progress("job-1", 50)
+        loaded = store.load_job("job-1")
+        assert loaded is not None
+        assert loaded.progress == 0
+
+
+def test_a_deadlock_victim_is_busy_and_the_other_block_commits(schema_url: str) -> None:
+    with open_persistence(f"{schema_url}&lock_timeout_ms=0") as store:
+        store.save_job(job("a"))
+        store.save_job(job("b"))
+        barrier = threading.Barrier(2, timeout=30)
+        outcomes: dict[str, object] = {}
+
+        def block(first: str, second: str) -> None:
+            try:
+                with store.transaction():
+                    store.update_job_progress(first, 1)
+                    barrier.wait()
+                    store.update_job_progress(second, 2)
+                outcomes[first] = "committed"
+            except StorageError as error:
+                outcomes[first] = error
+
+        threads = [threading.Thread(target=block, args=pair) for pair in (("a", "b"), ("b", "a"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        results = sorted(outcomes.values(), key=str)
+        assert results.count("committed") == 1, outcomes
+        (victim,) = [value for value in results if value != "committed"]
+        assert isinstance(victim, StorageBusyError)
+        assert "deadlock" in str(victim)
+
+
+def test_a_read_only_server_is_unavailable_and_the_connection_is_dropped(
+    schema_url: str,
+) -> None:
+    # The session a demoted primary would give: every write fails with 25006.
+    with open_persistence(f"{schema_url}&pool_max=1") as store:
+        storage = store.storage
+        assert isinstance(storage, PostgresStorage)
+        storage._runner.run(
+            NONE, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", (), "testing"
+        )
+        with pytest.raises(StorageUnavailableError, match="read-only") as raised:
+            store.save_job(job("job-1"))
+        assert not isinstance(raised.value, StorageBusyError)
+        # The pool dropped that session: the next write gets a new, writable one.
+        assert store.save_job(job("job-1"))
+        assert store.load_job("job-1") is not None
+
+
+def test_a_connection_lost_during_commit_is_outcome_unknown(schema_url: str, admin: Any) -> None:
+    with open_persistence(f"{schema_url}&application_name=cidx-commit&pool_max=1") as store:
+        with pytest.raises(StorageOutcomeUnknownError, match="may or may not be stored"):
+            with store.transaction():
+                store.save_job(job("job-1"))
+                assert _terminate(admin, "cidx-commit") == 1
+        # The server rolled the block back with the session; the store works again.
+        assert store.load_job("job-1") is None
+        assert store.save_job(job("job-2"))
+
+
+def test_a_missing_database_says_what_to_do(postgres_url: str) -> None:
+    url = postgres_url.rsplit("/", 1)[0] + "/cidx_no_such_database"
+    with pytest.raises(StorageUnavailableError) as raised:
+        open_persistence(url)
+    assert "does not exist" in str(raised.value)
+    assert "createdb" in str(raised.value)
+
+
+def test_an_unknown_role_says_what_to_do(postgres_url: str) -> None:
+    url = postgres_url.replace("postgres@", "cidx_no_such_role@", 1)
+    if url == postgres_url:
+        pytest.skip("the test URL names no user to replace")
+    with pytest.raises(StoragePermissionError, match="role"):
+        open_persistence(url)
+
+
+def test_an_unreachable_server_is_unavailable_and_quick() -> None:
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailableError, match="cannot connect"):
+        open_persistence("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2")
+    assert time.monotonic() - started < 5
+
+
+def test_a_newer_schema_is_refused_unchanged(schema_url: str, admin: Any) -> None:
+    schema = _schema(schema_url)
+    open_persistence(schema_url).close()
+    admin.execute(f'UPDATE "{schema}".cidx_schema_version SET version = 99')
+    with pytest.raises(SchemaVersionError, match="schema version 99"):
+        open_persistence(schema_url)
+    version = admin.execute(f'SELECT version FROM "{schema}".cidx_schema_version').fetchone()
+    assert version == (99,)
+
+
+def test_a_schema_of_another_program_is_refused(schema_url: str, admin: Any) -> None:
+    schema = _schema(schema_url)
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    admin.execute(f'CREATE TABLE "{schema}".other (x int)')
+    with pytest.raises(SchemaVersionError, match="not made by cidx-jobs-postgres"):
+        open_persistence(schema_url)
+
+
+def test_processes_starting_at_once_migrate_exactly_once(
+    schema_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    barrier = threading.Barrier(6, timeout=30)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            open_persistence(schema_url).close()
+        except BaseException as error:
+            errors.append(error)
+
+    with caplog.at_level(logging.INFO, logger="cidx_jobs.postgres"):
+        threads = [threading.Thread(target=start) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert errors == []
+    created = [record for record in caplog.records if "created the job schema" in record.message]
+    assert len(created) == 1
+
+
+def test_a_forked_child_gets_its_own_pool(schema_url: str) -> None:
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    with open_persistence(schema_url) as store:
+        store.save_job(job("parent-1"))  # the parent's pool exists now
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork() in a process with threads (the pool's).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            code = 1
+            try:
+                store.save_job(job("child-1"))
+                code = 0 if store.load_job("parent-1") is not None else 2
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # The parent's sessions were left alone by the child.
+        assert store.load_job("child-1") is not None
+        assert store.update_job_status("parent-1", JobStatus.RUNNING)
+
+
+def test_a_block_left_idle_past_the_timeout_is_unavailable_and_stores_nothing(
+    schema_url: str,
+) -> None:
+    with open_persistence(f"{schema_url}&idle_in_transaction_timeout_ms=200&pool_max=1") as store:
+        with pytest.raises(StorageError):
+            with store.transaction():
+                store.save_job(job("job-1"))
+                time.sleep(1.0)  # the server ends the session meanwhile
+                with pytest.raises(StorageUnavailableError):
+                    store.save_job(job("job-2"))
+        assert store.load_job("job-1") is None
+        assert store.save_job(job("job-3"))
+
+
+def test_the_scratch_factory_drops_its_schema_and_the_inventory_sees_it(
+    postgres_url: str, tmp_path: Any
+) -> None:
+    from cidx_jobs_postgres._plugin import postgres_inventory, postgres_scratch
+
+    before = set(postgres_inventory(postgres_url))
+    with postgres_scratch(postgres_url, tmp_path) as config:
+        with open_persistence(config) as store:
+            store.save_job(job("job-1"))
+        made = set(postgres_inventory(postgres_url)) - before
+        assert len(made) == 1
+        assert str(config).endswith(f"schema={made.pop()}")
+    assert set(postgres_inventory(postgres_url)) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_whose_connection_dies_after_it_was_sent_is_outcome_unknown(
+    schema_url: str, admin: Any
+) -> None:
+    # An autocommit write is its own commit: once sent, a lost connection leaves its
+    # outcome unknown. A read in the same place is merely unavailable.
+    url = f"{schema_url}&application_name=cidx-sent&pool_max=2&lock_timeout_ms=0"
+    with open_persistence(url) as store:
+        store.save_job(job("job-1"))
+        outcome: dict[str, BaseException] = {}
+
+        def call(name: str, work: Any) -> None:
+            try:
+                work()
+            except BaseException as error:
+                outcome[name] = error
+
+        with admin.transaction():
+            admin.execute(f'LOCK TABLE "{_schema(schema_url)}".sync_jobs IN ACCESS EXCLUSIVE MODE')
+            threads = [
+                threading.Thread(
+                    target=call, args=("write", lambda: store.update_job_progress("job-1", 5))
+                ),
+                threading.Thread(target=call, args=("read", lambda: store.load_job("job-1"))),
+            ]
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                waiting = admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                    "'cidx-sent' AND wait_event_type = 'Lock'"
+                ).fetchone()[0]
+                if waiting == 2:
+                    break
+                time.sleep(0.05)
+            assert _terminate(admin, "cidx-sent") == 2
+            for thread in threads:
+                thread.join(timeout=30)
+        assert isinstance(outcome["write"], StorageOutcomeUnknownError), outcome
+        assert isinstance(outcome["read"], StorageUnavailableError), outcome
+        assert not isinstance(outcome["read"], StorageBusyError)
+        loaded = store.load_job("job-1")
+        assert loaded is not None
+        assert loaded.progress == 0  # here the server had rolled it back

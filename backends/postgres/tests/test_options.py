@@ -1,0 +1,139 @@
+"""The options: each is checked before any I/O, and each reaches the server's session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cidx_jobs import Hooks, JobPersistence, open_persistence
+from cidx_jobs.errors import ConfigError
+from cidx_jobs_postgres import PostgresOptions, PostgresStorage
+from cidx_jobs_postgres._runner import ONE
+
+#: A port nothing listens on: a check that needed the server would fail differently.
+NOWHERE = "postgresql://postgres@127.0.0.1:1/test"
+
+
+@pytest.mark.parametrize(
+    ("query", "option"),
+    [
+        ("pool_max=0", "pool_max"),
+        ("pool_max=101", "pool_max"),
+        ("pool_min=5&pool_max=2", "pool_min"),
+        ("pool_min=-1", "pool_min"),
+        ("connect_timeout=0", "connect_timeout"),
+        ("connect_timeout=1.5", "connect_timeout"),
+        ("statement_timeout_ms=-1", "statement_timeout_ms"),
+        ("lock_timeout_ms=soon", "lock_timeout_ms"),
+        ("idle_in_transaction_timeout_ms=2147483648", "idle_in_transaction_timeout_ms"),
+        ("schema=Jobs", "schema"),
+        ("schema=pg_jobs", "schema"),
+        ("schema=a-b", "schema"),
+        ("schema=" + "s" * 64, "schema"),
+        ("application_name=" + "a" * 64, "application_name"),
+        ("application_name=caf%C3%A9", "application_name"),
+        ("prepare_threshold=sometimes", "prepare_threshold"),
+        ("migrate=maybe", "migrate"),
+        ("pool_size=5", "pool_size"),
+    ],
+)
+def test_a_bad_option_is_refused_before_any_io(query: str, option: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        open_persistence(f"{NOWHERE}?{query}")
+    assert raised.value.option == option
+    assert option in str(raised.value)
+
+
+def test_a_missing_database_name_is_refused_before_any_io() -> None:
+    with pytest.raises(ConfigError) as raised:
+        open_persistence("postgresql://postgres@127.0.0.1:1")
+    assert raised.value.option == "path"
+    assert "postgresql://user@host:5432/DATABASE" in str(raised.value)
+
+
+def test_the_defaults() -> None:
+    options = PostgresOptions.parse({}, database="cidx")
+    assert (options.schema, options.pool_min, options.pool_max) == ("cidx_jobs", 1, 10)
+    assert options.prepare_threshold == 5
+    assert (options.statement_timeout_ms, options.lock_timeout_ms) == (30_000, 5_000)
+    assert options.migrate is True
+    assert "secret" not in repr(PostgresOptions.parse({}, database="db", password="secret"))
+
+
+@pytest.mark.parametrize("value", ["none", "None", "off"])
+def test_prepare_threshold_none_never_prepares(value: str) -> None:
+    assert (
+        PostgresOptions.parse({"prepare_threshold": value}, database="db").prepare_threshold is None
+    )
+    assert (
+        PostgresOptions.parse({"prepare_threshold": None}, database="db").prepare_threshold is None
+    )
+
+
+def test_both_schemes_are_registered_by_the_entry_point() -> None:
+    backends = Hooks().backends()
+    for scheme in ("postgresql", "postgres"):
+        backend = backends[scheme]
+        assert backend.plugin == "postgresql"
+        assert {cap.value for cap in backend.capabilities} >= {
+            "persistent",
+            "concurrent_threads",
+            "multi_process",
+            "fault_injection",
+        }
+        assert backend.scratch is not None
+        assert backend.inventory is not None
+
+
+def _session(store: JobPersistence, sql: str) -> Any:
+    storage = store.storage
+    assert isinstance(storage, PostgresStorage)
+    return storage._runner.run(ONE, sql, (), "reading a setting")[0]
+
+
+def test_the_options_reach_the_session(schema_url: str) -> None:
+    url = (
+        f"{schema_url}&statement_timeout_ms=1234&lock_timeout_ms=567"
+        "&idle_in_transaction_timeout_ms=8900&application_name=cidx-test-app"
+        "&prepare_threshold=none&pool_min=0&pool_max=2"
+    )
+    with open_persistence(url.replace("postgresql://", "postgres://")) as store:
+        assert _session(store, "SHOW statement_timeout") == "1234ms"
+        assert _session(store, "SHOW lock_timeout") == "567ms"
+        assert _session(store, "SHOW idle_in_transaction_session_timeout") == "8900ms"
+        assert _session(store, "SHOW application_name") == "cidx-test-app"
+        assert _session(store, "SHOW TimeZone") == "UTC"
+
+
+def test_the_tables_live_in_the_schema_option(schema_url: str, admin: Any) -> None:
+    schema = schema_url.rsplit("schema=", 1)[1]
+    with open_persistence(schema_url) as store:
+        assert store.count_jobs() == 0
+    tables = admin.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s ORDER BY 1",
+        (schema,),
+    ).fetchall()
+    assert [name for (name,) in tables] == ["cidx_schema_version", "job_checkpoints", "sync_jobs"]
+    types = dict(
+        admin.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'sync_jobs'",
+            (schema,),
+        ).fetchall()
+    )
+    assert types["created_at"] == types["heartbeat_at"] == "timestamp with time zone"
+    assert types["metadata"] == "text"  # core's exact JSON, not jsonb
+
+
+def test_migrate_false_creates_nothing(schema_url: str, admin: Any) -> None:
+    schema = schema_url.rsplit("schema=", 1)[1]
+    store = open_persistence(f"{schema_url}&migrate=false")
+    try:
+        assert store.storage.describe().pending_migrations
+        found = admin.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchall()
+        assert found == []
+        assert store.storage.migrate() == (0, 1)
+        assert store.count_jobs() == 0
+    finally:
+        store.close()

@@ -1,0 +1,179 @@
+"""Failures that need control of a whole server, on a private cluster these tests start
+themselves (``initdb`` and ``pg_ctl`` in a temporary folder, on a free port), never on the
+shared one: a server restart, a read-only server, a denied permission, a wrong password.
+
+Skipped, saying why, where PostgreSQL's server programs are not installed (in CI too: the
+shared server's tests are the ones CI must run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cidx_jobs import SyncJob, open_persistence
+from cidx_jobs.errors import StorageBusyError, StoragePermissionError, StorageUnavailableError
+
+
+def _bindir() -> Path | None:
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
+        if found.returncode == 0 and (Path(found.stdout.strip()) / "initdb").is_file():
+            return Path(found.stdout.strip())
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Cluster:
+    """A PostgreSQL cluster of its own, in a temporary folder."""
+
+    def __init__(self, bindir: Path, folder: Path) -> None:
+        self.bindir = bindir
+        self.folder = folder
+        self.data = folder / "data"
+        self.port = _free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        # PostgreSQL refuses to run as root: run its programs as the postgres user then.
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self._as, *args], check=True, capture_output=True, timeout=120)
+
+    def init(self) -> None:
+        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                  "-A", "trust", "--no-sync")  # fmt: skip
+        with open(self.data / "pg_hba.conf", "w") as hba:
+            hba.write(
+                "local all all trust\n"
+                "host all cidx_pw 127.0.0.1/32 scram-sha-256\n"
+                "host all all 127.0.0.1/32 trust\n"
+            )
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off "
+            f"-c unix_socket_directories={self.folder}"
+        )
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options,
+                  "-l", str(self.folder / "log"), "-w", "start")  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def sql(self, statement: str) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(statement)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    bindir = _bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        pytest.skip("running as root without runuser: cannot start a private cluster")
+    folder = Path(tempfile.mkdtemp(prefix="cidx-pg-"))
+    os.chmod(folder, 0o777)
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+    server = Cluster(bindir, folder)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.stop("immediate")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def job(job_id: str) -> SyncJob:
+    return SyncJob(id=job_id, user_id="alice", project_id="repo")
+
+
+def test_calls_fail_typed_while_the_server_restarts_and_work_afterwards(
+    cluster: Cluster,
+) -> None:
+    url = f"{cluster.url}?schema=restart&pool_min=2&pool_max=2&connect_timeout=2"
+    with open_persistence(url) as store:
+        store.save_job(job("job-1"))
+        cluster.stop()
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                with pytest.raises(StorageUnavailableError) as raised:
+                    store.load_job("job-1")
+                assert not isinstance(raised.value, StorageBusyError), raised.value
+                assert time.monotonic() - started < 10
+        finally:
+            cluster.start()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                loaded = store.load_job("job-1")
+                break
+            except StorageUnavailableError:
+                assert time.monotonic() < deadline, "the store did not reconnect"
+                time.sleep(0.2)
+        assert loaded is not None
+        assert store.save_job(job("job-2"))
+
+
+def test_a_read_only_server_is_typed_and_its_sessions_are_dropped(cluster: Cluster) -> None:
+    with open_persistence(f"{cluster.url}?schema=readonly&pool_max=2") as store:
+        store.save_job(job("job-1"))
+        cluster.sql("ALTER SYSTEM SET default_transaction_read_only = on")
+        cluster.sql("SELECT pg_reload_conf()")
+        try:
+            time.sleep(0.5)
+            with pytest.raises(StorageUnavailableError, match="read-only"):
+                store.save_job(job("job-2"))
+            assert store.load_job("job-1") is not None  # reads still work
+        finally:
+            cluster.sql("ALTER SYSTEM RESET default_transaction_read_only")
+            cluster.sql("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        assert store.save_job(job("job-2"))
+
+
+def test_a_denied_permission_is_typed(cluster: Cluster) -> None:
+    open_persistence(f"{cluster.url}?schema=guarded").close()
+    cluster.sql("CREATE ROLE cidx_limited LOGIN")
+    cluster.sql("GRANT USAGE ON SCHEMA guarded TO cidx_limited")
+    cluster.sql("GRANT SELECT ON ALL TABLES IN SCHEMA guarded TO cidx_limited")
+    limited = cluster.url.replace("postgres@", "cidx_limited@")
+    with open_persistence(f"{limited}?schema=guarded") as store:
+        assert store.count_jobs() == 0
+        with pytest.raises(StoragePermissionError, match="permission denied"):
+            store.save_job(job("job-1"))
+        assert store.count_jobs() == 0
+
+
+def test_a_wrong_password_says_what_to_do(cluster: Cluster) -> None:
+    cluster.sql("CREATE ROLE cidx_pw LOGIN PASSWORD 'right'")
+    wrong = cluster.url.replace("postgres@", "cidx_pw:wrong@")
+    with pytest.raises(StoragePermissionError, match="refused the password") as raised:
+        open_persistence(f"{wrong}?schema=pw")
+    assert "wrong" not in str(raised.value)  # never the password itself
+    right = cluster.url.replace("postgres@", "cidx_pw:right@")
+    cluster.sql("GRANT CREATE ON DATABASE postgres TO cidx_pw")
+    with open_persistence(f"{right}?schema=pw") as store:
+        assert store.save_job(job("job-1"))
