@@ -17,6 +17,9 @@ from cidx_jobs import BLOCK_ENV_VAR
 from cidx_jobs_contract import main
 from cidx_jobs_contract._hypothesis import NO_SHRINK_ENV_VAR, contract_settings
 
+#: Every test runs the whole suite, or part of it, in a process of its own.
+pytestmark = pytest.mark.slow
+
 REPOSITORY = Path(__file__).resolve().parents[2]
 SQLITE_URLS = ["sqlite:///{tmp}/jobs.db", "sqlite://"]
 #: The tests of the durability and multi-process capabilities (5 in all).
@@ -48,7 +51,6 @@ def _output(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.mark.slow
 def test_the_whole_suite_passes_on_memory_from_the_repository_root() -> None:
     # The suite's file is inside the repository, whose pytest configuration pytest would
     # find; the command uses its own configuration instead.

@@ -115,11 +115,12 @@ CAUGHT_BY = {
     "TakeOverKeepsCompletedAt": {
         "test_a_recovered_job_of_any_age_is_kept_until_the_retention_passes_after_recovery",
     },
+    # The stateful model test catches it too on some Pythons, not on others (its examples
+    # differ by version): these three catch it on every one.
     "InterruptKeepsCompletedAt": {
         "test_an_interrupted_job_is_kept_for_the_retention_after_its_interruption",
         "test_completed_at_is_set_on_interruption_and_kept_while_the_job_stays_stopped",
         "test_interrupted_job_may_resume_without_expected",
-        "test_matches_the_reference_model",
     },
     "ClampsTimes": {
         "test_times_across_the_whole_range_round_trip_exactly",

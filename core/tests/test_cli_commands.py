@@ -18,7 +18,10 @@ from cidx_jobs.errors import ConfigError
 from .cli_helpers import OPERATOR_COMMANDS, cli, json_lines, make_database, one_line_error
 
 pytest.importorskip("cidx_jobs_sqlite", reason="the commands run on the SQLite backend")
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions and paths")
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions and paths"),
+    pytest.mark.slow,  # every test runs the command line in processes of its own
+]
 
 
 @pytest.fixture

@@ -20,6 +20,9 @@ from cidx_jobs import SyncJob, open_persistence
 
 from .cli_helpers import cli, json_lines, one_line_error
 
+#: Every test runs the command line in a process of its own.
+pytestmark = pytest.mark.slow
+
 JOBS = 300
 FRAME = 24 + 4096
 

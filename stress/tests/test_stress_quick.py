@@ -93,8 +93,9 @@ def test_recovery_files(tmp_path: Path) -> None:
 
 def test_fencing(tmp_path: Path) -> None:
     result = run_quick("fencing", tmp_path)
-    assert result.faults == 1  # one real stall (SIGSTOP) past the lease
+    assert result.faults == 2  # a real stall (SIGSTOP) past the lease, and a clock step
     assert result.outcomes["jobs taken over from the stalled worker"] >= 1
+    assert result.outcomes["clock step: live workers' jobs taken over"] >= 1
     assert result.outcomes["late writes of a former owner refused"] >= 1
     assert result.outcomes["jobs completed by their workers, checked"] > 0
 

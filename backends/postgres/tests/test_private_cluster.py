@@ -25,6 +25,9 @@ import pytest
 from cidx_jobs import SyncJob, open_persistence
 from cidx_jobs.errors import StorageBusyError, StoragePermissionError, StorageUnavailableError
 
+#: Each test starts a cluster of its own (initdb, pg_ctl): seconds each.
+pytestmark = pytest.mark.slow
+
 
 def _bindir() -> Path | None:
     pg_config = shutil.which("pg_config")

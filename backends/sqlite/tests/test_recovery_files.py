@@ -585,3 +585,25 @@ def test_recovery_is_logged_with_what_was_lost(
     assert f"Lost {leaves[3][3]} jobs known by id" in caplog.text
     assert "incomplete" in caplog.text
     assert str(report.moved_to) in caplog.text
+
+
+def test_a_job_written_before_the_text_limits_is_salvaged_with_its_text_cut(
+    open_store: OpenStore, big: Path
+) -> None:
+    # Releases before 0.2 stored a phase or error message of any length; core refuses such
+    # a job now, so the salvage keeps the job and cuts the text at the limit.
+    with raw_connect(big) as conn:
+        conn.execute(
+            "UPDATE sync_jobs SET phase = ?, error_message = ? WHERE id = 'job-00010'",
+            ("p" * 1000, "é" * 50_000),
+        )
+    conn.close()
+    leaves = [p for p in pages_of(big, "job_checkpoints") if p[2] == "leaf"]
+    report, store = recover_after(open_store, big, [leaves[-1][0]])
+    job = store.load_job("job-00010")
+    assert job is not None
+    assert job.phase == "p" * 256
+    assert job.error_message is not None
+    assert len(job.error_message.encode("utf-8")) <= 64 * 1024
+    assert job.error_message == "é" * (64 * 1024 // 2)
+    assert "job-00010" not in report.jobs_lost

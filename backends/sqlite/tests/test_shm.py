@@ -26,9 +26,12 @@ from cidx_jobs_sqlite._runner import IDENTITY_CHECK_INTERVAL
 
 from .conftest import OpenStore, make_job
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(_shm.PROC_LOCKS), reason="the -shm checks read Linux's /proc"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not os.path.exists(_shm.PROC_LOCKS), reason="the -shm checks read Linux's /proc"
+    ),
+    pytest.mark.slow,  # worker processes, and files removed and truncated under them
+]
 
 #: A store in a child process that obeys one command a line on stdin and answers one line:
 #: "w <id>" saves a job, "c" counts the jobs (a read, so the periodic checks run), "q"
@@ -285,6 +288,7 @@ def test_processes_opening_and_closing_at_once_are_never_refused(db_path: Path) 
         subprocess.Popen(
             [sys.executable, "-c", OPEN_CLOSE_LOOP, str(db_path), str(seconds), f"p{n}"],
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
         for n in range(3)
@@ -296,7 +300,10 @@ def test_processes_opening_and_closing_at_once_are_never_refused(db_path: Path) 
             suspicious += 1
         _shm.check_wal_index(db_path)
         checks += 1
-    opens = [int(child.communicate(timeout=120)[0]) for child in children]
+    outputs = [child.communicate(timeout=120) for child in children]
+    for child, (_out, err) in zip(children, outputs, strict=True):
+        assert child.returncode == 0, f"a child failed ({child.returncode}): {err[-2000:]}"
+    opens = [int(out) for out, _err in outputs]
     assert [child.returncode for child in children] == [0, 0, 0]
     assert checks > 100, checks
     assert min(opens) > 5, opens

@@ -5,8 +5,11 @@ another (``claim_job``) and, for each, makes a number of steps, each a fenced pr
 and a fenced checkpoint (``lease=``) followed by a heartbeat, then completes the job with its
 lease. Every write carries who wrote it and at which step.
 
-The parent stops one worker with SIGSTOP, a stall longer than the lease, as a long GC pause, a
-swapped-out process or a partition would be. It then takes the stalled worker's running job
+In half of the trials the parent stops one worker with SIGSTOP, a stall longer than the lease,
+as a long GC pause, a swapped-out process or a partition would be; in the other half every
+worker stays live and the taker's clock runs 10 minutes ahead of theirs (a clock step: by it,
+their fresh heartbeats look 10 minutes old), so that it takes their running jobs with a
+5-minute lease. It then takes the stalled worker's running job
 over (``recover_interrupted_jobs`` with a lease of one second), claims it, writes its own
 progress and checkpoint under its new lease and completes it, and only then resumes the
 stalled worker with SIGCONT. The stalled worker goes on writing to the job it thinks it holds.
@@ -29,13 +32,13 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from cidx_jobs import JobPersistence, JobStatus, SyncJob
+from cidx_jobs import JobPersistence, JobStatus, StoreSettings, SyncJob, open_persistence
 from cidx_jobs.errors import LeaseLostError
 
-from ._common import open_sqlite
+from ._common import open_sqlite, sqlite_url
 from ._config import StressConfig
 from ._report import ScenarioResult
 
@@ -47,6 +50,8 @@ STALL_SECONDS = 2.0
 STEP_PAUSE_SECONDS = 0.02
 PHASE = "indexing"
 TAKER_PROGRESS = 99
+#: How far ahead of the workers' clocks the taker's clock is in a clock-step trial.
+CLOCK_STEP = timedelta(minutes=10)
 
 
 def worker(db: Path, journal: Path, prefix: str, jobs: int, steps: int) -> int:
@@ -135,10 +140,11 @@ def _check(
                 f"{job_id}: a late write of its former owner was stored after the take-over: "
                 f"{job!r}, checkpoint {data!r}"
             )
-        refused = [r for r in journals[stalled] if r == {"kind": "lease lost", "job": job_id}]
+        worker_name = job_id.split("-")[0]
+        refused = [r for r in journals[worker_name] if r == {"kind": "lease lost", "job": job_id}]
         result.checked += 1
         if not refused:
-            result.fail(f"{job_id}: the stalled worker was never refused")
+            result.fail(f"{job_id}: its former owner {worker_name} was never refused")
         result.outcomes["late writes of a former owner refused"] += len(refused)
     for name, records in journals.items():
         owner = next((r["owner"] for r in records if r["kind"] == "ready"), None)
@@ -165,9 +171,19 @@ def _check(
         )
 
 
-def _trial(result: ScenarioResult, folder: Path, jobs: int, steps: int) -> None:
+def _trial(result: ScenarioResult, folder: Path, jobs: int, steps: int, step: bool) -> None:
+    """One trial: the first worker stalled with SIGSTOP, or (``step``) every worker live and
+    the taker's clock 10 minutes ahead of theirs."""
     path = folder / "jobs.db"
     store = open_sqlite(path)
+    stepped = (
+        open_persistence(
+            sqlite_url(path),
+            settings=StoreSettings(clock=lambda: datetime.now(timezone.utc) + CLOCK_STEP),
+        )
+        if step
+        else None
+    )
     names = ("w0", "w1")
     for name in names:
         for n in range(jobs):
@@ -199,27 +215,37 @@ def _trial(result: ScenarioResult, folder: Path, jobs: int, steps: int) -> None:
         ):
             result.fail("the worker to stall made no progress")
             return
-        os.kill(workers[stalled].pid, signal.SIGSTOP)
         result.faults += 1
-        try:
-            time.sleep(STALL_SECONDS)
-            report = store.recover_interrupted_jobs(lease_timeout=LEASE)
+        if stepped is not None:
+            # The live workers heartbeat every step; by a clock 10 minutes ahead their
+            # leases look 10 minutes old, and a 5-minute lease takes their running jobs.
+            report = stepped.recover_interrupted_jobs(lease_timeout=CLOCK_STEP / 2)
             taken = sorted(point.job.id for point in report.interrupted)
-            mine = [job_id for job_id in taken if job_id.startswith(f"{stalled}-")]
-            if not mine:
-                result.fail(f"the stalled worker's running job was not taken over: {report}")
-            result.outcomes["jobs taken over from the stalled worker"] += len(mine)
-            result.outcomes["jobs taken over from the live worker"] += len(taken) - len(mine)
-            _take_over(result, store, taken)
-        finally:
-            os.kill(workers[stalled].pid, signal.SIGCONT)
+            if not taken:
+                result.fail(f"the stepped clock took no running job: {report}")
+            result.outcomes["clock step: live workers' jobs taken over"] += len(taken)
+            _take_over(result, stepped, taken)
+        else:
+            os.kill(workers[stalled].pid, signal.SIGSTOP)
+            try:
+                time.sleep(STALL_SECONDS)
+                report = store.recover_interrupted_jobs(lease_timeout=LEASE)
+                taken = sorted(point.job.id for point in report.interrupted)
+                mine = [job_id for job_id in taken if job_id.startswith(f"{stalled}-")]
+                if not mine:
+                    result.fail(f"the stalled worker's running job was not taken over: {report}")
+                result.outcomes["jobs taken over from the stalled worker"] += len(mine)
+                result.outcomes["jobs taken over from the live worker"] += len(taken) - len(mine)
+                _take_over(result, store, taken)
+            finally:
+                os.kill(workers[stalled].pid, signal.SIGCONT)
         for name, process in workers.items():
             process.wait(timeout=300)
             if process.returncode != 0:
                 result.fail(f"worker {name} failed: {process.stderr.read()[-500:]}")  # type: ignore[union-attr]
                 return
         journals = {name: _journal(p) for name, p in journal_paths.items()}
-        _check(result, store, journals, taken, stalled)
+        _check(result, stepped or store, journals, taken, stalled)
     finally:
         for process in workers.values():
             if process.poll() is None:
@@ -228,18 +254,20 @@ def _trial(result: ScenarioResult, folder: Path, jobs: int, steps: int) -> None:
             if process.stderr is not None:
                 process.stderr.close()
         store.close()
+        if stepped is not None:
+            stepped.close()
 
 
 def run(config: StressConfig, workdir: Path) -> ScenarioResult:
     """Run the fencing trials in ``workdir``."""
     result = ScenarioResult("fencing")
     jobs, steps = config.scaled(3, 6), config.scaled(15, 40)
-    for trial in range(config.scaled(1, 10)):
+    for trial in range(config.scaled(2, 20)):
         folder = workdir / f"fencing-{trial}"
         folder.mkdir(parents=True)
         result.trials += 1
         try:
-            _trial(result, folder, jobs, steps)
+            _trial(result, folder, jobs, steps, step=trial % 2 == 1)
         except Exception as error:  # a crash of a trial is a failure
             result.fail(f"fencing: the trial crashed: {error!r}")
     return result

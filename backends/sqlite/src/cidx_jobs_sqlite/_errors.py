@@ -307,7 +307,9 @@ def permission_problem(path: Path) -> str | None:
             for name, flag in (("read", os.R_OK), ("write", os.W_OK))
             if not os.access(file, flag)
         ]
-        if missing:
+        # The last process to close deletes -wal and -shm: one gone since it was seen is no
+        # permission problem (os.access answers "no" for a file that is not there).
+        if missing and file.exists():
             return (
                 f"no {' and '.join(missing)} permission on {file}: the job database needs read "
                 "and write permission on it (fix the file's owner or mode)"

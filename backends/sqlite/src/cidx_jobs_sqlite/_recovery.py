@@ -72,6 +72,9 @@ _MASTER = "sqlite_master"
 #: and 3 13, later ones 14 (``lease_token`` last).
 _JOB_WIDTHS = (len(_codec.JOB_COLUMNS) - 2, len(_codec.JOB_COLUMNS), len(_codec.JOB_COLUMNS) + 1)
 _CHECKPOINT_WIDTH = 4
+#: Core's limits on a job's phase (characters) and error message (bytes of UTF-8), which
+#: rows written by releases before 0.2 may exceed (cidx_jobs._validate).
+_PHASE_LIMIT, _ERROR_LIMIT = 256, 64 * 1024
 _PAGE_SIZES = (4096, 1024, 2048, 8192, 16384, 32768, 65536, 512)
 _WAL_MAGIC = (0x377F0682, 0x377F0683)
 _TABLE_INTERIOR, _TABLE_LEAF, _INDEX_INTERIOR, _INDEX_LEAF = 5, 13, 2, 10
@@ -1049,6 +1052,15 @@ def _valid_job(row: list[Any]) -> tuple[Any, ...] | None:
         metadata_json = values["metadata"]
         if not isinstance(metadata_json, str):
             return None
+        # Rows written before core limited these two were stored whole: such a job is kept,
+        # with the text cut at today's limit (the moved-aside file keeps it whole).
+        phase, error = values["phase"], values["error_message"]
+        if isinstance(phase, str) and len(phase) > _PHASE_LIMIT:
+            values["phase"] = phase[:_PHASE_LIMIT]
+        if isinstance(error, str) and len(error.encode("utf-8", "replace")) > _ERROR_LIMIT:
+            values["error_message"] = error.encode("utf-8", "replace")[:_ERROR_LIMIT].decode(
+                "utf-8", "ignore"
+            )
         metadata = json.loads(metadata_json)
         job = SyncJob(
             id=values["id"],
