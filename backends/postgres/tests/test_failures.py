@@ -334,3 +334,59 @@ def test_a_write_whose_connection_dies_after_it_was_sent_is_outcome_unknown(
         loaded = store.load_job("job-1")
         assert loaded is not None
         assert loaded.progress == 0  # here the server had rolled it back
+
+
+def test_a_fenced_checkpoint_waits_for_a_take_over_in_flight_and_is_refused(
+    schema_url: str, admin: Any
+) -> None:
+    from cidx_jobs.errors import LeaseLostError
+
+    with open_persistence(schema_url) as store:
+        store.save_job(job("job-1"))
+        lease = store.claim_job("job-1")
+        assert lease is not None
+        outcome: list[object] = []
+
+        def late_checkpoint() -> None:
+            try:
+                outcome.append(
+                    store.save_checkpoint("job-1", "indexing", {"late": True}, lease=lease)
+                )
+            except LeaseLostError as error:
+                outcome.append(error)
+
+        with admin.transaction():
+            # Another instance's take-over, not committed yet: the fenced checkpoint must wait
+            # for it and then see that the lease is gone.
+            admin.execute(
+                f'UPDATE "{_schema(schema_url)}".sync_jobs SET status = %s, owner_id = %s, '
+                "lease_token = NULL WHERE id = %s",
+                ("interrupted", "another:1:x", "job-1"),
+            )
+            writer = threading.Thread(target=late_checkpoint)
+            writer.start()
+            writer.join(timeout=0.5)
+            assert writer.is_alive(), f"the fenced checkpoint did not wait: {outcome}"
+        writer.join(timeout=30)
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], LeaseLostError)
+        assert store.load_checkpoint("job-1", "indexing") is None
+
+
+def test_a_nested_storage_block_is_refused(schema_url: str) -> None:
+    with open_persistence(schema_url) as store:
+        storage = store.storage
+        with storage.transaction():
+            with pytest.raises(StorageError, match="already open in this thread"):
+                with storage.transaction():
+                    pass
+
+
+def test_a_password_of_the_wrong_type_is_not_printed() -> None:
+    from cidx_jobs.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        open_persistence(
+            {"backend": "postgresql", "host": "127.0.0.1", "port": 1, "password": 12345678}
+        )
+    assert "12345678" not in str(caught.value)

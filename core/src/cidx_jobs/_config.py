@@ -129,7 +129,9 @@ class Options:
         if value is None:
             return default
         if not isinstance(value, str):
-            raise ConfigError(f"option {name!r} must be a string, got {value!r}", option=name)
+            # Never a secret's value: messages end up in logs.
+            shown = type(value).__name__ if "password" in name else repr(value)
+            raise ConfigError(f"option {name!r} must be a string, got {shown}", option=name)
         return value
 
     def get_int(self, name: str, default: int, *, minimum: int, maximum: int) -> int:

@@ -219,7 +219,12 @@ def _trial(result: ScenarioResult, folder: Path, jobs: int, steps: int, step: bo
         if stepped is not None:
             # The live workers heartbeat every step; by a clock 10 minutes ahead their
             # leases look 10 minutes old, and a 5-minute lease takes their running jobs.
+            # A worker may be between two jobs at this moment: look again until one runs.
+            deadline = time.monotonic() + 10
             report = stepped.recover_interrupted_jobs(lease_timeout=CLOCK_STEP / 2)
+            while not report.interrupted and time.monotonic() < deadline:
+                time.sleep(0.01)
+                report = stepped.recover_interrupted_jobs(lease_timeout=CLOCK_STEP / 2)
             taken = sorted(point.job.id for point in report.interrupted)
             if not taken:
                 result.fail(f"the stepped clock took no running job: {report}")

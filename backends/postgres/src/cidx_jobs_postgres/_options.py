@@ -159,7 +159,12 @@ class PostgresOptions:
         migrate = reader.get_bool("migrate", True)
         for name, value in (("host", host), ("username", user), ("password", password)):
             if value is not None and not isinstance(value, str):
-                raise ConfigError(f"option {name!r} must be a string, got {value!r}", option=name)
+                # Never the password's value: messages end up in logs.
+                raise ConfigError(
+                    f"option {name!r} must be a string, got "
+                    f"{type(value).__name__ if name == 'password' else repr(value)}",
+                    option=name,
+                )
         # A mapping gives its location as options; a URL's arrive as fields.
         host = host if host is not None else reader.get_str("host")
         user = user if user is not None else reader.get_str("username")

@@ -358,6 +358,13 @@ class Runner:
         :raises StorageError: the commit failed, or a failure inside the block doomed it.
         """
         state = self._state
+        if state.conn is not None:
+            # Taking a second connection would leave the outer block's statements outside
+            # it; the facade's transaction() nests by joining the outer block instead.
+            raise StorageError(
+                f"{self.where}: a transaction block is already open in this thread; nest "
+                "blocks through JobPersistence.transaction(), which joins the outer one"
+            )
         pool, conn = self._acquire("starting a transaction")
         try:
             self._execute(conn, NONE, sql_text.BEGIN_BLOCK, ())

@@ -67,9 +67,12 @@ class Statements:
             f"INSERT INTO {checkpoints} (job_id, phase, data, created_at) "
             f"SELECT id, %s, %s, %s FROM {jobs} WHERE id = %s FOR KEY SHARE {upsert}"
         )
+        # FOR SHARE, not FOR KEY SHARE: the fence must wait for a take-over (an UPDATE of the
+        # row) in flight and be checked again on the row it commits, as the fenced UPDATEs
+        # are; KEY SHARE does not conflict with it and would let a late checkpoint in.
         self.upsert_checkpoint_fenced = (
             f"INSERT INTO {checkpoints} (job_id, phase, data, created_at) "
-            f"SELECT id, %s, %s, %s FROM {jobs} WHERE id = %s AND {FENCE} FOR KEY SHARE {upsert}"
+            f"SELECT id, %s, %s, %s FROM {jobs} WHERE id = %s AND {FENCE} FOR SHARE {upsert}"
         )
         self.select_checkpoint = (
             f"SELECT data, created_at FROM {checkpoints} WHERE job_id = %s AND phase = %s"
