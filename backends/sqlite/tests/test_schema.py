@@ -536,7 +536,7 @@ def test_the_active_statuses_in_sql_match_the_models() -> None:
         ),
         (
             _statements.TAKE_OVER_INTERRUPTED,
-            ["interrupted", "me", 1, "j", "running", "dead", 0],
+            ["interrupted", "me", 1, 1, "j", "running", "dead", 0],
             "SEARCH sync_jobs USING INDEX sqlite_autoindex_sync_jobs_1 (id=?)",
         ),
     ],

@@ -70,13 +70,14 @@ TAKE_OVER = (
     "UPDATE sync_jobs SET status = ?, owner_id = ?, heartbeat_at = ?, lease_token = NULL "
     "WHERE id = ? AND status = ? AND owner_id IS ? AND heartbeat_at IS ?"
 )
-# The take-over to interrupted also stamps completed_at (the same parameter as heartbeat_at,
-# ?3): the retention of a job recovery hands out counts from its interruption, not from a
-# created_at that may be older than the retention. The job is active (the WHERE compares
-# its status with FIND_STALE's), so StatusChange's rule stamps it unconditionally too.
+# The take-over to interrupted also stamps completed_at (with the same time as heartbeat_at,
+# given twice: numbered parameters with a sequence are deprecated from Python 3.12): the
+# retention of a job recovery hands out counts from its interruption, not from a created_at
+# that may be older than the retention. The job is active (the WHERE compares its status
+# with FIND_STALE's), so StatusChange's rule stamps it unconditionally too.
 TAKE_OVER_INTERRUPTED = (
-    "UPDATE sync_jobs SET status = ?1, owner_id = ?2, heartbeat_at = ?3, completed_at = ?3, "
-    "lease_token = NULL WHERE id = ?4 AND status = ?5 AND owner_id IS ?6 AND heartbeat_at IS ?7"
+    "UPDATE sync_jobs SET status = ?, owner_id = ?, heartbeat_at = ?, completed_at = ?, "
+    "lease_token = NULL WHERE id = ? AND status = ? AND owner_id IS ? AND heartbeat_at IS ?"
 )
 #: Copies the write-ahead log into the database without waiting for readers or writers.
 WAL_CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"

@@ -357,21 +357,21 @@ class SqliteStorage(Storage):
 
     def take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
         # Only the move to interrupted stops the job, and so stamps completed_at.
-        statement = sql.TAKE_OVER_INTERRUPTED if status is JobStatus.INTERRUPTED else sql.TAKE_OVER
-        count: int = self._run(
-            ROWCOUNT,
-            statement,
-            (
-                status.value,
-                owner,
-                (now - EPOCH) // MICROSECOND,
-                job.id,
-                job.status.value,
-                job.owner_id,
-                _codec.encode_optional_time(job.heartbeat_at),
-            ),
-            "taking over a job",
+        stamp = (now - EPOCH) // MICROSECOND
+        expected = (
+            job.id,
+            job.status.value,
+            job.owner_id,
+            _codec.encode_optional_time(job.heartbeat_at),
         )
+        if status is JobStatus.INTERRUPTED:
+            statement, params = (
+                sql.TAKE_OVER_INTERRUPTED,
+                (status.value, owner, stamp, stamp, *expected),
+            )
+        else:
+            statement, params = sql.TAKE_OVER, (status.value, owner, stamp, *expected)
+        count: int = self._run(ROWCOUNT, statement, params, "taking over a job")
         return count > 0
 
     # -- the rest of the interface -------------------------------------------------------------
