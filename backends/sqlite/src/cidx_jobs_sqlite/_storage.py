@@ -364,6 +364,7 @@ class SqliteStorage(Storage):
             job.owner_id,
             _codec.encode_optional_time(job.heartbeat_at),
         )
+        params: tuple[Any, ...]
         if status is JobStatus.INTERRUPTED:
             statement, params = (
                 sql.TAKE_OVER_INTERRUPTED,
