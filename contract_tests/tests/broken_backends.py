@@ -266,6 +266,64 @@ class InterruptKeepsCompletedAt(MemoryStorage):
             return True
 
 
+class LeasesOnlyActiveJobs(MemoryStorage):
+    """Leases as they were before interrupted jobs held one: heartbeats renew, and recovery
+    finds, active jobs only, so a job left interrupted by a dead owner (or handed over) is
+    never resumed elsewhere."""
+
+    def renew_leases(self, owner: str, now: datetime) -> int:
+        with self._locked():
+            mine = [
+                row
+                for row in self._jobs.values()
+                if row[0].owner_id == owner and row[0].status in ACTIVE_STATUSES
+            ]
+            for job, metadata_json in mine:
+                self._put(attrs.evolve(job, heartbeat_at=now), metadata_json)
+            return len(mine)
+
+    def find_stale(self, before: datetime, exclude_owner: str, limit: int) -> list[SyncJob]:
+        return [
+            job
+            for job in super().find_stale(before, exclude_owner, limit)
+            if job.status in ACTIVE_STATUSES
+        ]
+
+
+class TakesLiveInterruptedJobs(MemoryStorage):
+    """Recovery finds every interrupted job of another owner, whether its lease expired or not
+    (as a lookup that tests the heartbeat of active jobs only would)."""
+
+    def find_stale(self, before: datetime, exclude_owner: str, limit: int) -> list[SyncJob]:
+        found = super().find_stale(before, exclude_owner, limit)
+        with self._locked():
+            seen = {job.id for job in found}
+            live = [
+                self._decode(*row)
+                for row in self._jobs.values()
+                if row[0].status is JobStatus.INTERRUPTED
+                and row[0].owner_id != exclude_owner
+                and row[0].id not in seen
+            ]
+        return (found + live)[:limit]
+
+
+class TakeOverKeepsInterruptedStamp(MemoryStorage):
+    """A take-over to interrupted stamps ``completed_at`` of a running job only, as a status
+    change from interrupted to interrupted does: an interrupted job handed out again keeps its
+    old stamp, and cleanup may delete it before the new owner resumes it."""
+
+    def take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
+        with self._locked():
+            before = self._jobs.get(job.id)
+            if not super().take_over(job, status, owner, now):
+                return False
+            if before is not None and before[0].status is JobStatus.INTERRUPTED:
+                taken, metadata_json = self._jobs[job.id]
+                self._put(attrs.evolve(taken, completed_at=before[0].completed_at), metadata_json)
+            return True
+
+
 # -- times -----------------------------------------------------------------------------
 
 _FLOOR = datetime(1900, 1, 1, tzinfo=timezone.utc)
@@ -498,6 +556,9 @@ BROKEN: dict[str, type[Storage]] = {
         IgnoresHeartbeatInTakeOver,
         TakeOverKeepsCompletedAt,
         InterruptKeepsCompletedAt,
+        LeasesOnlyActiveJobs,
+        TakesLiveInterruptedJobs,
+        TakeOverKeepsInterruptedStamp,
         ClampsTimes,
         LeaksDriverErrors,
         LeaksOnCommit,

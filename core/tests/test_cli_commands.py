@@ -14,6 +14,7 @@ import pytest
 
 from cidx_jobs import JobStatus, open_persistence
 from cidx_jobs.errors import ConfigError
+from cidx_jobs_sqlite import SCHEMA_VERSION
 
 from .cli_helpers import OPERATOR_COMMANDS, cli, json_lines, make_database, one_line_error
 
@@ -405,8 +406,8 @@ def test_migrate_check_changes_nothing_and_exits_1_when_pending(
     assert user_version(path) == 2
     migrated = cli("migrate", url=url)
     assert migrated.returncode == 0, migrated.stderr
-    assert "migrated from schema version 2 to 5" in migrated.stdout
-    assert user_version(path) == 5
+    assert f"migrated from schema version 2 to {SCHEMA_VERSION}" in migrated.stdout
+    assert user_version(path) == SCHEMA_VERSION
     assert cli("migrate", "--check", url=url).returncode == 0
     assert json_lines(cli("migrate", "--json", url=url).stdout)[0]["migrated"] is False
 

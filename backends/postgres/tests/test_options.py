@@ -8,7 +8,7 @@ import pytest
 
 from cidx_jobs import Hooks, JobPersistence, open_persistence
 from cidx_jobs.errors import ConfigError
-from cidx_jobs_postgres import PostgresOptions, PostgresStorage
+from cidx_jobs_postgres import SCHEMA_VERSION, PostgresOptions, PostgresStorage
 from cidx_jobs_postgres._runner import ONE
 
 #: A port nothing listens on: a check that needed the server would fail differently.
@@ -133,7 +133,18 @@ def test_migrate_false_creates_nothing(schema_url: str, admin: Any) -> None:
         assert store.storage.describe().pending_migrations
         found = admin.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchall()
         assert found == []
-        assert store.storage.migrate() == (0, 1)
+        assert store.storage.migrate() == (0, SCHEMA_VERSION)
         assert store.count_jobs() == 0
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(("query", "size"), [("", 10), ("&pool_max=3", 3)])
+def test_max_concurrency_is_the_pools_max_size(schema_url: str, query: str, size: int) -> None:
+    # AsyncJobPersistence sizes its threads by it: the most connections this process's pool
+    # opens, so the most calls the storage serves at once.
+    with open_persistence(f"{schema_url}{query}") as store:
+        storage = store.storage
+        assert isinstance(storage, PostgresStorage)
+        assert storage.max_concurrency() == size
+        assert storage._runner._get_pool().max_size == size

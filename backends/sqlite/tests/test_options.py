@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from cidx_jobs import JobPersistence, open_persistence
-from cidx_jobs.errors import ConfigError
+from cidx_jobs.errors import ConfigError, StorageBusyError
 from cidx_jobs_sqlite import SqliteOptions, SqliteStorage
 
 from .conftest import OpenStore, storage_of
@@ -54,6 +55,24 @@ def test_options_come_from_a_mapping(tmp_path: Path) -> None:
         assert isinstance(store.storage, SqliteStorage)
         assert store.storage.options.pool_size == 6
         assert store.storage.options.busy_timeout_ms == 5000
+
+
+@pytest.mark.parametrize(("options", "size"), [({}, 10), ({"pool_size": 5}, 5)])
+def test_max_concurrency_is_the_pool_size(
+    open_store: OpenStore, options: dict[str, object], size: int
+) -> None:
+    # AsyncJobPersistence sizes its threads by it: as many calls as it says hold a
+    # connection at once, and one more would wait for one.
+    storage = storage_of(open_store(**options))
+    assert storage.max_concurrency() == size
+    pool = storage._pool
+    held = [pool.acquire() for _ in range(size)]
+    try:
+        with pytest.raises(StorageBusyError):
+            pool.acquire(deadline=time.monotonic())
+    finally:
+        for conn in held:
+            pool.release(conn)
 
 
 def test_defaults() -> None:

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from cidx_jobs import ACTIVE_STATUSES, JobFilter, JobPersistence, JobStatus
+from cidx_jobs import ACTIVE_STATUSES, LEASED_STATUSES, JobFilter, JobPersistence, JobStatus
 from cidx_jobs.errors import SchemaVersionError
 from cidx_jobs_sqlite import MIGRATIONS, SCHEMA_VERSION, _schema, _statements
-from cidx_jobs_sqlite._schema import ACTIVE_SQL, apply_migrations
+from cidx_jobs_sqlite._schema import ACTIVE_SQL, LEASED_SQL, apply_migrations
 
 from .conftest import OpenStore, make_job, minutes, raw_connect, storage_of
 
@@ -55,7 +55,7 @@ EXPECTED_INDEXES = {
     "sync_jobs_created": ("sync_jobs", [("created_at", True), ("id", True)]),
     # The second key is the expression coalesce(completed_at, created_at).
     "sync_jobs_status_finished": ("sync_jobs", [("status", False), (None, False)]),
-    # Partial: only active jobs (see PARTIAL_INDEXES).
+    # Partial: only the jobs that hold a lease, active and interrupted (see PARTIAL_INDEXES).
     "sync_jobs_active_owner": ("sync_jobs", [("owner_id", False), ("heartbeat_at", False)]),
     "sqlite_autoindex_sync_jobs_1": ("sync_jobs", [("id", False)]),
     "sqlite_autoindex_job_checkpoints_1": (
@@ -64,8 +64,10 @@ EXPECTED_INDEXES = {
     ),
 }
 
-#: The partial indexes and their WHERE clauses.
-PARTIAL_INDEXES = {"sync_jobs_active_owner": "status IN ('pending', 'queued', 'running')"}
+#: The partial indexes and their WHERE clauses (interrupted since schema version 6).
+PARTIAL_INDEXES = {
+    "sync_jobs_active_owner": "status IN ('interrupted', 'pending', 'queued', 'running')"
+}
 
 #: Schema version 1 exactly as it was first written (commit 224b84d), frozen here so that the
 #: migration is tested from the real thing even if someone edits the migration list.
@@ -299,6 +301,84 @@ def test_migration_5_reads_the_interrupted_jobs_through_an_index(db_path: Path) 
     assert "SCAN sync_jobs" not in text, text
 
 
+def build_version_5_database(path: Path) -> None:
+    """A version 5 file whose lease index holds only active jobs, with the jobs of an owner that
+    died: one interrupted (with a checkpoint), one running, one completed."""
+    conn = raw_connect(path)
+    conn.execute("PRAGMA journal_mode = WAL")
+    apply_migrations(conn, path, lambda c: c.execute("BEGIN IMMEDIATE").close(), target=5)
+    rows = [
+        # id, status, completed_at
+        ("dead-interrupted", "interrupted", _CREATED + 2 * _DAY),
+        ("dead-running", "running", None),
+        ("dead-done", "completed", _CREATED + 2 * _DAY),
+    ]
+    conn.execute("BEGIN IMMEDIATE")
+    for job_id, status, completed in rows:
+        conn.execute(
+            "INSERT INTO sync_jobs (id, user_id, project_id, status, progress, created_at, "
+            "started_at, completed_at, metadata, owner_id, heartbeat_at) "
+            "VALUES (?, 'alice', 'repo', ?, 40, ?, ?, ?, '{}', 'old-host:1:x', ?)",
+            (job_id, status, _CREATED, _CREATED + _DAY, completed, _CREATED + 2 * _DAY),
+        )
+    conn.execute(
+        "INSERT INTO job_checkpoints VALUES ('dead-interrupted', 'indexing', '{\"next\":7}', ?)",
+        (_CREATED + 2 * _DAY,),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_migration_6_puts_the_interrupted_jobs_into_the_lease_index(
+    open_store: OpenStore, tmp_path: Path
+) -> None:
+    old = tmp_path / "v5.db"
+    build_version_5_database(old)
+    migrated = open_store(old)
+    with raw_connect(old) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        indexed = conn.execute(
+            "SELECT id FROM sync_jobs INDEXED BY sync_jobs_active_owner "
+            f"WHERE status IN {LEASED_SQL} ORDER BY id"
+        ).fetchall()
+    conn.close()
+    # The rows of version 5 are in the rebuilt index: the interrupted one too.
+    assert indexed == [("dead-interrupted",), ("dead-running",)]
+    # So the first recovery after the upgrade hands out both jobs of the dead owner to be
+    # resumed. (The checkpoint is from 2023, older than the resume policy's default maximum
+    # age, so it is not offered; it is kept.)
+    report = migrated.recover_interrupted_jobs(lease_timeout=timedelta(hours=1))
+    points = {point.job.id: point for point in report.interrupted}
+    assert sorted(points) == ["dead-interrupted", "dead-running"]
+    assert report.requeue == []
+    assert migrated.load_checkpoint("dead-interrupted", "indexing") == {"next": 7}
+    for job_id in points:
+        job = migrated.load_job(job_id)
+        assert job is not None
+        assert (job.status, job.owner_id) == (JobStatus.INTERRUPTED, migrated.owner_id)
+    done = migrated.load_job("dead-done")
+    assert done is not None
+    assert (done.status, done.owner_id) == (JobStatus.COMPLETED, "old-host:1:x")
+    # ... and the new owner's heartbeats renew them while it has not resumed them yet.
+    assert migrated.heartbeat() == 2
+
+
+def test_the_lease_statements_of_version_5_fail_on_a_migrated_file(db_path: Path) -> None:
+    """What docs/sqlite.md tells operators: a process of the previous release that still holds
+    connections to a file migrated to version 6 can no longer renew its leases nor recover
+    (its statements name the active statuses only, which no longer imply the rebuilt index's
+    WHERE clause, and INDEXED BY makes that an error instead of a slow scan)."""
+    conn = raw_connect(db_path)
+    apply_migrations(conn, db_path, lambda c: c.execute("BEGIN IMMEDIATE").close())
+    old_renew = (
+        "UPDATE sync_jobs INDEXED BY sync_jobs_active_owner SET heartbeat_at = ? "
+        f"WHERE owner_id = ? AND status IN {ACTIVE_SQL}"
+    )
+    with pytest.raises(sqlite3.OperationalError, match="no query solution"):
+        conn.execute(old_renew, (1, "me"))
+    conn.close()
+
+
 def build_release_1_database(path: Path) -> None:
     """A version 1 file as the first SQLite backend wrote it, from its frozen DDL, with rows."""
     conn = raw_connect(path)
@@ -507,22 +587,27 @@ def test_queries_use_the_index_made_for_them(
         assert "TEMP B-TREE FOR ORDER BY" not in text
 
 
-def test_the_active_statuses_in_sql_match_the_models() -> None:
-    values = ", ".join(f"'{value}'" for value in sorted(s.value for s in ACTIVE_STATUSES))
-    assert f"({values})" == ACTIVE_SQL
-    assert f"status IN {ACTIVE_SQL}" == PARTIAL_INDEXES["sync_jobs_active_owner"]
+def test_the_statuses_in_sql_match_the_models() -> None:
+    active = ", ".join(f"'{value}'" for value in sorted(s.value for s in ACTIVE_STATUSES))
+    assert f"({active})" == ACTIVE_SQL
+    leased = ", ".join(f"'{value}'" for value in sorted(s.value for s in LEASED_STATUSES))
+    assert f"({leased})" == LEASED_SQL
+    # The lease statements name the statuses exactly as the partial index does.
+    assert f"status IN {LEASED_SQL}" == PARTIAL_INDEXES["sync_jobs_active_owner"]
+    assert f"status IN {LEASED_SQL}" in _statements.RENEW_LEASES
+    assert f"status IN {LEASED_SQL}" in _statements.FIND_STALE
 
 
 @pytest.mark.parametrize(
     ("sql", "params", "expected"),
     [
-        # heartbeat(): a search of the owner's active jobs in the small partial index.
+        # heartbeat(): a search of the owner's leased jobs in the small partial index.
         (
             _statements.RENEW_LEASES,
             [1, "me"],
             "SEARCH sync_jobs USING INDEX sync_jobs_active_owner (owner_id=?)",
         ),
-        # recovery: a scan of the partial index only (active jobs), never of the table.
+        # recovery: a scan of the partial index only (leased jobs), never of the table.
         (
             _statements.FIND_STALE,
             ["me", 1, 500],
@@ -537,6 +622,12 @@ def test_the_active_statuses_in_sql_match_the_models() -> None:
         (
             _statements.TAKE_OVER_INTERRUPTED,
             ["interrupted", "me", 1, 1, "j", "running", "dead", 0],
+            "SEARCH sync_jobs USING INDEX sqlite_autoindex_sync_jobs_1 (id=?)",
+        ),
+        # ... of an interrupted job, handed out again.
+        (
+            _statements.TAKE_OVER_INTERRUPTED,
+            ["interrupted", "me", 1, 1, "j", "interrupted", "dead", 0],
             "SEARCH sync_jobs USING INDEX sqlite_autoindex_sync_jobs_1 (id=?)",
         ),
     ],

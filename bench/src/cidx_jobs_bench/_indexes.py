@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cidx_jobs import JobStatus
-from cidx_jobs_sqlite._schema import ACTIVE_SQL
+from cidx_jobs_sqlite._schema import ACTIVE_SQL, LEASED_SQL
 
 from . import _data, _report, _sqlite
 from ._report import Report
@@ -420,9 +420,9 @@ def shapes(settings: Settings) -> list[Shape]:
             "cleanup batch, nothing expired", batch, cutoff(now - 60 * day, [1000]), ordered=False
         ),
         Shape("cleanup dry run (count)", _sqlite.count_expired_sql(), cutoff(now - 29 * day)),
-        Shape("heartbeat (an owner's active jobs)", _sqlite.RENEW_LEASES, [[now, "bench-owner"]]),
+        Shape("heartbeat (an owner's leased jobs)", _sqlite.RENEW_LEASES, [[now, "bench-owner"]]),
         Shape(
-            "recovery (active jobs, stale lease)",
+            "recovery (leased jobs, stale lease)",
             _sqlite.FIND_STALE,
             [["bench-owner", stale_before, 500]],
             ordered=False,
@@ -461,9 +461,9 @@ def shapes(settings: Settings) -> list[Shape]:
             [list(ACTIVE)],
         ),
         Shape(
-            "stats: active jobs whose lease expired",
+            "stats: leased jobs whose lease expired",
             "SELECT count(*) FROM sync_jobs INDEXED BY sync_jobs_active_owner "
-            f"WHERE status IN {ACTIVE_SQL} AND (heartbeat_at IS NULL OR heartbeat_at < ?)",
+            f"WHERE status IN {LEASED_SQL} AND (heartbeat_at IS NULL OR heartbeat_at < ?)",
             [[stale_before]],
         ),
         Shape(

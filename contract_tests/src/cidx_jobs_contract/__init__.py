@@ -12,6 +12,10 @@ The stable public names (a backend's tests rely on exactly these):
   :class:`PersistenceContract`, :class:`StatefulContract`, :class:`LifecycleContract`,
   :class:`LimitContract`),
   all built on :class:`StoreFixtures`.
+* :class:`AsyncApiFixtures`: mix it in before :class:`JobStoreContract`
+  (``class TestXxxAsync(AsyncApiFixtures, JobStoreContract)``) to run the same
+  suite through :class:`~cidx_jobs.AsyncJobPersistence`, driven from the sync
+  tests by :class:`AsyncDriven`, so the two APIs cannot drift.
 * Fixtures (pytest fixtures defined as methods):
 
   - ``base_config`` (required): the URL or mapping naming the backend, e.g.
@@ -60,6 +64,7 @@ import pytest
 ASSERTING_MODULES = tuple(
     f"{__name__}.{module}"
     for module in (
+        "_async_api",
         "_base",
         "_checkpoints",
         "_cleanup",
@@ -86,6 +91,8 @@ pytest.register_assert_rewrite(*ASSERTING_MODULES)
 # `python -m cidx_jobs_contract` imports nothing of the suite before pytest starts
 # (which could then neither rewrite its asserts nor load Hypothesis' plugin cleanly).
 _EXPORTS = {
+    "AsyncApiFixtures": "_async_api",
+    "AsyncDriven": "_async_api",
     "Capabilities": "_capabilities",
     "CheckpointContract": "_checkpoints",
     "CleanupContract": "_cleanup",
@@ -116,6 +123,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from ._async_api import AsyncApiFixtures, AsyncDriven
     from ._base import ManualClock, StoreFixtures
     from ._capabilities import Capabilities, requires
     from ._checkpoints import CheckpointContract
@@ -153,6 +161,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AsyncApiFixtures",
+    "AsyncDriven",
     "Capabilities",
     "CheckpointContract",
     "CleanupContract",

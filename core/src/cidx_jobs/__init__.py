@@ -8,10 +8,13 @@ what a backend author needs is in :mod:`cidx_jobs.backend`.
 from __future__ import annotations
 
 from . import backend, errors, serialization
+from ._async import AsyncJobPersistence, open_async_persistence
 from ._config import URL_ENV_VAR, StoreSettings, parse_config
+from ._lease_runner import LeaseRunner
 from ._models import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
+    LEASED_STATUSES,
     TERMINAL_STATUSES,
     Checkpoint,
     CleanupPolicy,
@@ -36,9 +39,11 @@ __all__ = [
     "BLOCK_ENV_VAR",
     "ENTRY_POINT_GROUP",
     "FINISHED_STATUSES",
+    "LEASED_STATUSES",
     "TERMINAL_STATUSES",
     "URL_ENV_VAR",
     "AsyncCleanupScheduler",
+    "AsyncJobPersistence",
     "Checkpoint",
     "CleanupPolicy",
     "CleanupReport",
@@ -49,6 +54,7 @@ __all__ = [
     "JobPersistence",
     "JobStatus",
     "Lease",
+    "LeaseRunner",
     "PluginManager",
     "RecoveryReport",
     "ResumePoint",
@@ -59,6 +65,7 @@ __all__ = [
     "find_backend",
     "get_plugin_manager",
     "hookimpl",
+    "open_async_persistence",
     "open_persistence",
     "parse_config",
     "serialization",

@@ -18,6 +18,7 @@ from .errors import ValidationError
 __all__ = [
     "ACTIVE_STATUSES",
     "FINISHED_STATUSES",
+    "LEASED_STATUSES",
     "TERMINAL_STATUSES",
     "Checkpoint",
     "CleanupPolicy",
@@ -95,6 +96,11 @@ TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
 )
 #: Statuses a cleanup may delete: everything that is not active.
 FINISHED_STATUSES: frozenset[JobStatus] = frozenset(JobStatus) - ACTIVE_STATUSES
+#: Statuses whose job carries a lease that heartbeats renew and recovery takes over: the
+#: active ones and interrupted. An interrupted job waits to be resumed, and it belongs to the
+#: store that will resume it (the one that recovered it, or the one that stopped it) for as
+#: long as that store lives; once its owner's lease expires, recovery hands it to another.
+LEASED_STATUSES: frozenset[JobStatus] = ACTIVE_STATUSES | {JobStatus.INTERRUPTED}
 
 
 def _id(field: str) -> Any:
@@ -578,8 +584,9 @@ class ResumePoint:
 class RecoveryReport:
     """What :meth:`JobPersistence.recover_interrupted_jobs` found.
 
-    ``interrupted``: jobs that were running under an owner whose lease expired;
-    they are now ``interrupted`` and owned by the recovering store.
+    ``interrupted``: jobs that were running, or left interrupted, under an owner
+    whose lease expired; they are now ``interrupted`` and owned by the recovering
+    store, which should resume them.
     ``requeue``: pending and queued jobs of dead owners; they keep their status
     and are now owned by the recovering store, which should queue them again.
     """

@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -39,6 +39,10 @@ _RECOVERY_BATCH = 500
 _DEFAULT_BATCH = 1000
 #: What claim_job() starts by default: a job waiting to run, or one to resume.
 _CLAIMABLE = frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.INTERRUPTED})
+#: The heartbeat of a job handed over: older than any lease timeout is long.
+_LONG_AGO = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: What recovery hands out to be resumed (as interrupted), not re-queued.
+_RESUMABLE = frozenset({JobStatus.RUNNING, JobStatus.INTERRUPTED})
 
 
 def _with_lease(
@@ -557,7 +561,7 @@ class JobPersistence:
         )
 
     def heartbeat(self) -> int:
-        """Renew the lease of every active job this store owns; returns how many.
+        """Renew the lease of every active or interrupted job this store owns; returns how many.
 
         Call it more often than the ``lease_timeout`` that
         :meth:`recover_interrupted_jobs` uses, e.g. from the worker's progress loop.
@@ -565,16 +569,21 @@ class JobPersistence:
         return self._storage.renew_leases(self.owner_id, self._now())
 
     def recover_interrupted_jobs(self, lease_timeout: timedelta | None = None) -> RecoveryReport:
-        """Take over the jobs of owners whose lease expired; call it at server start.
+        """Take over the jobs of owners whose lease expired; call it at server start, and
+        periodically (:class:`~cidx_jobs.LeaseRunner` does both).
 
-        Jobs that were running under an owner whose last heartbeat is older
-        than ``lease_timeout`` become ``interrupted`` and come back with the
-        checkpoint to resume from (chosen by the resume policy hook). Their
-        ``completed_at`` becomes now, so the cleanup's retention counts from the
-        interruption and a job of any age stays resumable for the whole
-        retention; resuming it (a move to running) clears it again. Pending
-        and queued jobs of such owners keep their status and come back for
-        re-queueing. Every take-over is a compare-and-set on the job's status,
+        Jobs that were running, or left interrupted (by a graceful stop, an
+        earlier recovery whose process died before resuming them, or
+        ``update_job_status()``), under an owner whose last heartbeat is older
+        than ``lease_timeout`` become ``interrupted``, owned by this store, and
+        come back with the checkpoint to resume from (chosen by the resume
+        policy hook). Their ``completed_at`` becomes now, so the cleanup's
+        retention counts from the hand-out and a job of any age stays
+        resumable for the whole retention; resuming it (a move to running)
+        clears it again. While this store lives its heartbeats keep the
+        interrupted jobs it took; if it dies before resuming them, the next
+        recovery elsewhere takes them again. Pending and queued jobs of such
+        owners keep their status and come back for re-queueing. Every take-over is a compare-and-set on the job's status,
         owner and heartbeat, so the jobs of a live sibling process (which keeps
         heartbeating) are never touched, and when several processes recover at
         once each job goes to exactly one of them. This store's own jobs are
@@ -606,11 +615,16 @@ class JobPersistence:
                 break
             for job in stale:
                 seen.add(job.id)
-                if job.status is JobStatus.RUNNING:
+                if job.status in _RESUMABLE:
                     if self._storage.take_over(job, JobStatus.INTERRUPTED, self.owner_id, now):
-                        self._emit(
-                            self._hooks.status_changed, job.id, JobStatus.INTERRUPTED, None, now
-                        )
+                        if job.status is JobStatus.RUNNING:
+                            self._emit(
+                                self._hooks.status_changed,
+                                job.id,
+                                JobStatus.INTERRUPTED,
+                                None,
+                                now,
+                            )
                         # As stored: take_over stamped completed_at with the interruption.
                         taken = _with_lease(job, self.owner_id, now, JobStatus.INTERRUPTED, now)
                         checkpoint = self._hooks.resume_policy(
@@ -631,6 +645,50 @@ class JobPersistence:
         report = RecoveryReport(interrupted=interrupted, requeue=requeue)
         self._emit(self._hooks.recovery_done, report)
         return report
+
+    def hand_over_jobs(self) -> int:
+        """Give this store's jobs up, so that other stores' recovery takes them at once; call
+        it when the process stops gracefully (:class:`~cidx_jobs.LeaseRunner` does, on exit).
+
+        Every job running under this store becomes ``interrupted`` (a
+        compare-and-set, as recovery does: its lease is cleared, so the fenced
+        writes of this process's workers that still run raise
+        :class:`~cidx_jobs.errors.LeaseLostError` and store nothing), and then
+        the lease of every job this store owns (active or interrupted) is set to
+        have expired long ago: the next :meth:`recover_interrupted_jobs` of any
+        other store, whatever its ``lease_timeout``, resumes the interrupted ones
+        and re-queues the pending and queued ones. Stop heartbeating first: a
+        later :meth:`heartbeat` of this store would renew them again. The jobs
+        and the ids of those it interrupted are logged on the ``cidx_jobs`` logger (at
+        WARNING when it interrupted one, else INFO). Fires
+        ``cidx_jobs_status_changed`` for each job it interrupts.
+
+        :returns: how many jobs were handed over (interrupted ones included).
+        """
+        now = self._now()
+        interrupted: list[str] = []
+        page_filter: JobFilter | None = JobFilter(
+            statuses=frozenset({JobStatus.RUNNING}), limit=_RECOVERY_BATCH
+        )
+        while page_filter is not None:
+            page = self.query_page(page_filter)
+            for job in page.jobs:
+                if job.owner_id == self.owner_id and self._storage.take_over(
+                    job, JobStatus.INTERRUPTED, self.owner_id, now
+                ):
+                    interrupted.append(job.id)
+                    self._emit(self._hooks.status_changed, job.id, JobStatus.INTERRUPTED, None, now)
+            page_filter = page_filter.next_page(page) if page.next_cursor else None
+        handed = self._storage.renew_leases(self.owner_id, _LONG_AGO)
+        # A deploy that cut jobs off is worth seeing in a log left at its default level.
+        logger.log(
+            logging.WARNING if interrupted else logging.INFO,
+            "handed over %d job(s) of owner %s to the other workers; interrupted: %s",
+            handed,
+            self.owner_id,
+            ", ".join(interrupted) or "none",
+        )
+        return handed
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

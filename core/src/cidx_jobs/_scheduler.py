@@ -7,13 +7,11 @@ import logging
 import threading
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING
 
+from ._async import AsyncJobPersistence
 from ._models import CleanupReport
+from ._persistence import JobPersistence
 from .errors import ValidationError
-
-if TYPE_CHECKING:
-    from ._persistence import JobPersistence
 
 logger = logging.getLogger("cidx_jobs")
 
@@ -32,7 +30,10 @@ class _Runs:
     """What the schedulers share: the store, the retention, and the outcome of the last run."""
 
     def __init__(
-        self, store: JobPersistence, interval: timedelta | float, retention: timedelta | None
+        self,
+        store: AsyncJobPersistence | JobPersistence,
+        interval: timedelta | float,
+        retention: timedelta | None,
     ) -> None:
         self.store = store
         self.interval = _seconds(interval)
@@ -46,17 +47,31 @@ class _Runs:
         self.last_report: CleanupReport | None = None
 
     def run_once(self) -> CleanupReport | None:
-        """Run one cleanup; an error is logged and counted, never raised."""
+        """Run one cleanup now; an error is logged and counted, never raised.
+
+        :raises ValidationError: the store is an
+            :class:`~cidx_jobs.AsyncJobPersistence` (the async scheduler's task
+            awaits its cleanups; await its ``run_cleanup()`` to run one now).
+        """
+        store = self.store
+        if isinstance(store, AsyncJobPersistence):
+            raise ValidationError(
+                "run_once() runs a sync store's cleanup; await store.run_cleanup() instead",
+                field="store",
+            )
         try:
-            report = self.store.run_cleanup(retention=self.retention)
+            report = store.run_cleanup(retention=self.retention)
         except Exception:
-            self.failures += 1
-            logger.exception("scheduled cleanup failed; retrying in %.0f s", self.interval)
+            self._failed()
             return None
         finally:
             self.runs += 1
         self.last_report = report
         return report
+
+    def _failed(self) -> None:
+        self.failures += 1
+        logger.exception("scheduled cleanup failed; retrying in %.0f s", self.interval)
 
 
 class CleanupScheduler(_Runs):
@@ -67,7 +82,7 @@ class CleanupScheduler(_Runs):
     ``cidx_jobs`` logger and retried at the next interval; the thread never
     dies of it. Use as a context manager, or call :meth:`start` and :meth:`stop`.
 
-    :param store: the store to clean.
+    :param store: the store to clean (a :class:`~cidx_jobs.JobPersistence`).
     :param interval: seconds or a timedelta between runs.
     :param retention: overrides the store's configured retention.
     :raises ValidationError: ``interval`` is not positive or ``retention`` is negative.
@@ -127,8 +142,10 @@ class CleanupScheduler(_Runs):
 class AsyncCleanupScheduler(_Runs):
     """The asyncio twin of :class:`CleanupScheduler`, for a FastAPI lifespan.
 
-    Each run executes in a worker thread (``asyncio.to_thread``) so the event
-    loop never blocks on the database::
+    ``store`` is an :class:`~cidx_jobs.AsyncJobPersistence` (each run is an
+    awaited call on its threads) or a sync store (each run executes in a worker
+    thread, ``asyncio.to_thread``), so the event loop never blocks on the
+    database::
 
         @contextlib.asynccontextmanager
         async def lifespan(app):
@@ -140,7 +157,7 @@ class AsyncCleanupScheduler(_Runs):
 
     def __init__(
         self,
-        store: JobPersistence,
+        store: AsyncJobPersistence | JobPersistence,
         *,
         interval: timedelta | float = timedelta(hours=1),
         retention: timedelta | None = None,
@@ -174,9 +191,22 @@ class AsyncCleanupScheduler(_Runs):
         self._stopping.set()
         await task
 
+    async def _run_once(self) -> None:
+        if not isinstance(self.store, AsyncJobPersistence):
+            await asyncio.to_thread(self.run_once)
+            return
+        try:
+            report = await self.store.run_cleanup(retention=self.retention)
+        except Exception:
+            self._failed()
+            return
+        finally:
+            self.runs += 1
+        self.last_report = report
+
     async def _loop(self) -> None:
         while True:
-            await asyncio.to_thread(self.run_once)
+            await self._run_once()
             try:
                 await asyncio.wait_for(self._stopping.wait(), self.interval)
                 return

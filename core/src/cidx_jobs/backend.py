@@ -423,15 +423,20 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def renew_leases(self, owner: str, now: datetime) -> int:
-        """Set ``heartbeat_at = now`` on every active job whose ``owner_id`` is ``owner``.
+        """Set ``heartbeat_at = now`` on every job whose ``owner_id`` is ``owner`` and whose
+        status is in :data:`~cidx_jobs.LEASED_STATUSES` (active or interrupted).
+
+        ``now`` may be in the past: a store that stops hands its jobs over by
+        renewing them at the epoch, which makes them stale at once.
 
         :returns: how many jobs were renewed.
         """
 
     @abc.abstractmethod
     def find_stale(self, before: datetime, exclude_owner: str, limit: int) -> list[SyncJob]:
-        """At most ``limit`` active jobs whose ``owner_id`` is not ``exclude_owner`` (a job
-        with no owner qualifies) and whose ``heartbeat_at`` is ``None`` or before ``before``."""
+        """At most ``limit`` jobs whose status is in :data:`~cidx_jobs.LEASED_STATUSES`
+        (active or interrupted), whose ``owner_id`` is not ``exclude_owner`` (a job with no
+        owner qualifies) and whose ``heartbeat_at`` is ``None`` or before ``before``."""
 
     @abc.abstractmethod
     def take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
@@ -439,10 +444,10 @@ class Storage(abc.ABC):
         ``heartbeat_at``, set its status, ``owner_id = owner`` and ``heartbeat_at = now``,
         and clear its lease token (so that the writes of the lease's holder are refused).
 
-        ``job`` is one :meth:`find_stale` returned, so it is active. When ``status`` is
-        ``interrupted``, also set ``completed_at = now``, as :class:`StatusChange` does
-        for a move from an active status to interrupted: the job's retention counts from
-        its interruption, so cleanup cannot delete a job that recovery just handed out.
+        ``job`` is one :meth:`find_stale` returned, so it is active or interrupted. When
+        ``status`` is ``interrupted``, also set ``completed_at = now`` (for an interrupted
+        job too): the job's retention counts from its hand-out, so cleanup cannot delete a
+        job that recovery just handed out.
         With any other ``status`` (recovery keeps a pending or queued job's), leave
         ``completed_at`` as it is.
 
@@ -470,6 +475,15 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release every resource; idempotent."""
+
+    def max_concurrency(self) -> int | None:
+        """How many calls this storage serves at once (e.g. its connection pool's size), or
+        ``None`` (the default) if it does not say.
+
+        Optional. :class:`~cidx_jobs.AsyncJobPersistence` sizes its thread pool by
+        it, so that its threads never queue for connections they cannot get.
+        """
+        return None
 
     def fault_injector(self) -> FaultInjector | None:
         """The seam tests inject storage faults through, or ``None`` (the default).

@@ -17,7 +17,7 @@ from . import _validate as v
 from ._models import Checkpoint, JobFilter, JobStatus, SyncJob
 from .errors import ValidationError
 
-__all__ = ["from_dict", "from_json", "to_dict", "to_json"]
+__all__ = ["INTERNAL_FIELDS", "from_dict", "from_json", "to_dict", "to_json", "to_public_dict"]
 
 T = TypeVar("T", SyncJob, Checkpoint)
 
@@ -56,6 +56,29 @@ def to_dict(obj: SyncJob | Checkpoint | JobFilter) -> dict[str, Any]:
     """A JSON-ready dict of a model (datetimes as ISO 8601 strings, statuses as values)."""
     result: dict[str, Any] = _converter.unstructure(obj)
     return result
+
+
+#: The fields of a job that are the store's business, not an API client's: who runs the job
+#: (a host name and a process id) and when it last renewed its lease.
+INTERNAL_FIELDS: frozenset[str] = frozenset({"owner_id", "heartbeat_at"})
+
+
+def to_public_dict(job: SyncJob) -> dict[str, Any]:
+    """A JSON-ready dict of a job for an API response: :func:`to_dict` without the
+    :data:`INTERNAL_FIELDS` (``owner_id``, ``heartbeat_at``), which name the worker's host
+    and process. A new internal field is left out here first, so a response built on this
+    never starts leaking it.
+
+    :raises ValidationError: ``job`` is not a SyncJob.
+    """
+    if not isinstance(job, SyncJob):
+        raise ValidationError(
+            f"to_public_dict() takes a SyncJob, got {type(job).__name__}", field="job"
+        )
+    data = to_dict(job)
+    for name in INTERNAL_FIELDS:
+        data.pop(name, None)
+    return data
 
 
 def from_dict(data: Any, cls: type[T]) -> T:

@@ -197,8 +197,12 @@ def apply(state: State, op: Op, recorded: Any = None) -> Any:
             return UNCHECKED
         for job_id in recorded["interrupted"]:
             running = state.jobs.get(job_id)
-            if running is None or running.status is not JobStatus.RUNNING:
-                raise ValueError(f"recovery interrupted {job_id!r}, which was not running")
+            # A job left interrupted (by a killed recoverer) is resumable and taken again.
+            if running is None or running.status not in (
+                JobStatus.RUNNING,
+                JobStatus.INTERRUPTED,
+            ):
+                raise ValueError(f"recovery interrupted {job_id!r}, which was not resumable")
             # Interrupting stamps completed_at: retention counts from the interruption.
             state.jobs[job_id] = attrs.evolve(
                 running, status=JobStatus.INTERRUPTED, completed_at=_time(op["now"])

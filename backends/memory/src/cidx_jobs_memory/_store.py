@@ -12,7 +12,7 @@ from datetime import datetime
 
 import attrs
 
-from cidx_jobs import ACTIVE_STATUSES, Checkpoint, JobFilter, JobStatus, SyncJob
+from cidx_jobs import LEASED_STATUSES, Checkpoint, JobFilter, JobStatus, SyncJob
 from cidx_jobs.backend import BackendConfig, StatusChange, Storage
 from cidx_jobs.errors import ConfigError, DuplicateJobError, StorageUnavailableError
 
@@ -303,7 +303,7 @@ class MemoryStorage(Storage):
             mine = [
                 row
                 for row in self._jobs.values()
-                if row[0].owner_id == owner and row[0].status in ACTIVE_STATUSES
+                if row[0].owner_id == owner and row[0].status in LEASED_STATUSES
             ]
             for job, metadata_json in mine:
                 self._put(attrs.evolve(job, heartbeat_at=now), metadata_json)
@@ -314,7 +314,7 @@ class MemoryStorage(Storage):
             stale = (
                 row
                 for row in self._jobs.values()
-                if row[0].status in ACTIVE_STATUSES
+                if row[0].status in LEASED_STATUSES
                 and row[0].owner_id != exclude_owner
                 and (row[0].heartbeat_at is None or row[0].heartbeat_at < before)
             )
@@ -332,7 +332,8 @@ class MemoryStorage(Storage):
                 job.heartbeat_at,
             ):
                 return False
-            # A move to interrupted stops the job: its retention counts from now.
+            # A move to interrupted stops the job, or hands an interrupted one out again: its
+            # retention counts from now, so cleanup cannot delete a job recovery just took.
             completed_at = now if status is JobStatus.INTERRUPTED else current.completed_at
             self._put(
                 attrs.evolve(

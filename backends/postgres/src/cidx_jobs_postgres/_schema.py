@@ -30,10 +30,14 @@ import attrs
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration"]
 
-#: The active statuses, as SQL literals (kept in step with cidx_jobs.ACTIVE_STATUSES); the
-#: lease statements name them exactly as the partial index's predicate does, so that the
-#: planner can prove the index applies.
+#: The active statuses, as SQL literals (kept in step with cidx_jobs.ACTIVE_STATUSES): the
+#: predicate of the lease index as schema version 1 built it.
 ACTIVE_SQL = "('pending', 'queued', 'running')"
+#: The statuses whose job holds a lease, as SQL literals (kept in step with
+#: cidx_jobs.LEASED_STATUSES: the active ones and interrupted). The lease statements name
+#: them exactly as the predicate of the partial index sync_jobs_active_owner does since
+#: schema version 2, so that the planner can prove the index applies.
+LEASED_SQL = "('interrupted', 'pending', 'queued', 'running')"
 TERMINAL_SQL = "('cancelled', 'completed', 'failed')"
 FINISHED_SQL = "('cancelled', 'completed', 'failed', 'interrupted')"
 
@@ -83,6 +87,19 @@ _V1 = (
     f"WHERE status IN {ACTIVE_SQL}",
 )
 
+# Interrupted jobs hold a lease too (cidx_jobs.LEASED_STATUSES): heartbeat() renews the
+# interrupted jobs of its owner and recovery takes over those whose owner died, so the lease
+# index holds them beside the active ones. An index's predicate cannot be altered: it is
+# built again under the same name, in the migration's transaction (CREATE INDEX
+# CONCURRENTLY cannot run in one), which holds writes to sync_jobs while it reads the table
+# once. An interrupted job stays in it only until it is resumed, finished, or deleted by
+# cleanup a retention after its interruption, so the index still holds no history.
+_V2 = (
+    "DROP INDEX {schema}.sync_jobs_active_owner",
+    "CREATE INDEX sync_jobs_active_owner ON {schema}.sync_jobs (owner_id, heartbeat_at) "
+    f"WHERE status IN {LEASED_SQL}",
+)
+
 
 @attrs.frozen(kw_only=True)
 class Migration:
@@ -103,6 +120,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         version=1,
         description="create sync_jobs and job_checkpoints with their indexes",
         statements=_V1,
+    ),
+    Migration(
+        version=2,
+        description="rebuild the lease index sync_jobs_active_owner with interrupted jobs in "
+        "it, which heartbeats now renew and recovery takes over",
+        statements=_V2,
     ),
 )
 

@@ -19,7 +19,7 @@ from cidx_jobs import ACTIVE_STATUSES, TERMINAL_STATUSES, Checkpoint, JobFilter,
 from cidx_jobs.backend import StatusChange
 
 from ._codec import JOB_COLUMNS, JOB_COLUMNS_SQL
-from ._schema import ACTIVE_SQL, FINISHED_SQL, TERMINAL_SQL
+from ._schema import FINISHED_SQL, LEASED_SQL, TERMINAL_SQL
 
 _ALL_STATUSES = len(JobStatus)
 ORDER = "ORDER BY created_at DESC, id DESC"
@@ -84,21 +84,21 @@ class Statements:
             f"SELECT phase, data, created_at FROM {checkpoints} WHERE job_id = %s "
             "ORDER BY created_at, phase"
         )
-        # The lease statements name the active statuses as the partial index
-        # sync_jobs_active_owner does, so that the planner can use it.
+        # The lease statements name the statuses that hold a lease (active and interrupted)
+        # as the partial index sync_jobs_active_owner does, so that the planner can use it.
         self.renew_leases = (
-            f"UPDATE {jobs} SET heartbeat_at = %s WHERE owner_id = %s AND status IN {ACTIVE_SQL}"
+            f"UPDATE {jobs} SET heartbeat_at = %s WHERE owner_id = %s AND status IN {LEASED_SQL}"
         )
         # SKIP LOCKED: a job another recoverer is taking over right now (or whose owner is
         # renewing it) is not a candidate; NO KEY UPDATE, the lock take_over's UPDATE takes,
         # does not block a checkpoint's KEY SHARE on the same job.
         self.find_stale = (
-            f"SELECT {JOB_COLUMNS_SQL} FROM {jobs} WHERE status IN {ACTIVE_SQL} "
+            f"SELECT {JOB_COLUMNS_SQL} FROM {jobs} WHERE status IN {LEASED_SQL} "
             "AND owner_id IS DISTINCT FROM %s AND (heartbeat_at IS NULL OR heartbeat_at < %s) "
             "LIMIT %s FOR NO KEY UPDATE SKIP LOCKED"
         )
-        # A compare-and-set on the lease as find_stale read it; IS NOT DISTINCT FROM
-        # compares NULLs as equal.
+        # A compare-and-set on the lease as find_stale read it (status included, so it takes
+        # an active or an interrupted job alike); IS NOT DISTINCT FROM compares NULLs as equal.
         take_over_where = (
             "WHERE id = %(id)s AND status = %(old_status)s "
             "AND owner_id IS NOT DISTINCT FROM %(old_owner)s "
@@ -108,8 +108,9 @@ class Statements:
             f"UPDATE {jobs} SET status = %(status)s, owner_id = %(owner)s, "
             f"heartbeat_at = %(now)s, lease_token = NULL {take_over_where}"
         )
-        # The take-over to interrupted stamps completed_at: the job's retention counts from
-        # its interruption (the job is active, so StatusChange's rule stamps it too).
+        # The take-over to interrupted stamps completed_at, unconditionally: the job's
+        # retention counts from the hand-out, also for a job already interrupted that is
+        # taken from a dead owner (so cleanup cannot delete it before it is resumed).
         self.take_over_interrupted = (
             f"UPDATE {jobs} SET status = %(status)s, owner_id = %(owner)s, "
             f"heartbeat_at = %(now)s, completed_at = %(now)s, lease_token = NULL "

@@ -355,6 +355,12 @@ class PostgresStorage(Storage):
 
     # -- the rest of the interface -------------------------------------------------------------
 
+    def max_concurrency(self) -> int:
+        """The option ``pool_max`` (1 to 100, default 10): the most connections the pool of
+        this process opens, so the most calls it serves at once. Raises nothing, also after
+        :meth:`close`."""
+        return self.options.pool_max
+
     def transaction(self) -> AbstractContextManager[None]:
         """A block on one connection in REPEATABLE READ: its reads see one snapshot, and a
         block that writes a row another transaction changed since fails with

@@ -15,7 +15,7 @@ from cidx_jobs import ACTIVE_STATUSES, TERMINAL_STATUSES, Checkpoint, JobFilter,
 from cidx_jobs.backend import StatusChange
 
 from ._codec import EPOCH, JOB_COLUMNS, JOB_COLUMNS_SQL, MICROSECOND, encode_time
-from ._schema import ACTIVE_SQL, FINISHED_SQL, TERMINAL_SQL
+from ._schema import FINISHED_SQL, LEASED_SQL, TERMINAL_SQL
 
 # -- fixed statements --------------------------------------------------------------------------
 
@@ -48,33 +48,36 @@ SELECT_CHECKPOINTS = (
     "SELECT phase, data, created_at FROM job_checkpoints WHERE job_id = ? "
     "ORDER BY created_at, phase"
 )
-# The lease statements read the partial index sync_jobs_active_owner, which holds only
-# active jobs. They name the active statuses exactly as its WHERE clause does (SQLite uses
-# a partial index only then), and INDEXED BY pins the plan: left to itself the planner
+# The lease statements read the partial index sync_jobs_active_owner, which holds only the
+# jobs that carry a lease: active and interrupted ones (cidx_jobs.LEASED_STATUSES, schema
+# version 6). They name those statuses exactly as its WHERE clause does (SQLite uses a
+# partial index only then), and INDEXED BY pins the plan: left to itself the planner
 # prefers the equality on status of sync_jobs_status_finished, which reads every active
 # row, and a term that stopped matching the index would fail loudly ("no query solution")
 # instead of silently scanning.
 RENEW_LEASES = (
     "UPDATE sync_jobs INDEXED BY sync_jobs_active_owner SET heartbeat_at = ? "
-    f"WHERE owner_id = ? AND status IN {ACTIVE_SQL}"
+    f"WHERE owner_id = ? AND status IN {LEASED_SQL}"
 )
 # Recovery scans the small index, tests owner and heartbeat in it, and reads only the rows
 # of stale jobs.
 FIND_STALE = (
     f"SELECT {JOB_COLUMNS_SQL} FROM sync_jobs INDEXED BY sync_jobs_active_owner "
-    f"WHERE status IN {ACTIVE_SQL} AND owner_id IS NOT ? "
+    f"WHERE status IN {LEASED_SQL} AND owner_id IS NOT ? "
     "AND (heartbeat_at IS NULL OR heartbeat_at < ?) LIMIT ?"
 )
-# A compare-and-set on the lease as FIND_STALE read it; IS compares NULLs as equal.
+# A compare-and-set on the lease as FIND_STALE read it (status included, so it takes an
+# active or an interrupted job alike); IS compares NULLs as equal.
 TAKE_OVER = (
     "UPDATE sync_jobs SET status = ?, owner_id = ?, heartbeat_at = ?, lease_token = NULL "
     "WHERE id = ? AND status = ? AND owner_id IS ? AND heartbeat_at IS ?"
 )
 # The take-over to interrupted also stamps completed_at (with the same time as heartbeat_at,
 # given twice: numbered parameters with a sequence are deprecated from Python 3.12): the
-# retention of a job recovery hands out counts from its interruption, not from a created_at
-# that may be older than the retention. The job is active (the WHERE compares its status
-# with FIND_STALE's), so StatusChange's rule stamps it unconditionally too.
+# retention of a job recovery hands out counts from the hand-out, not from a created_at
+# that may be older than the retention. Unconditionally, unlike StatusChange's rule for a
+# move from interrupted to interrupted: a job already interrupted that recovery takes from
+# a dead owner is handed out again, and cleanup must not delete it before it is resumed.
 TAKE_OVER_INTERRUPTED = (
     "UPDATE sync_jobs SET status = ?, owner_id = ?, heartbeat_at = ?, completed_at = ?, "
     "lease_token = NULL WHERE id = ? AND status = ? AND owner_id IS ? AND heartbeat_at IS ?"

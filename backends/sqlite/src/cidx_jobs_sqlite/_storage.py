@@ -356,7 +356,8 @@ class SqliteStorage(Storage):
             raise self._unreadable(None, error) from error
 
     def take_over(self, job: SyncJob, status: JobStatus, owner: str, now: datetime) -> bool:
-        # Only the move to interrupted stops the job, and so stamps completed_at.
+        # Only the move to interrupted (from running, or of a job already interrupted, which
+        # is handed out again) stamps completed_at.
         stamp = (now - EPOCH) // MICROSECOND
         expected = (
             job.id,
@@ -376,6 +377,12 @@ class SqliteStorage(Storage):
         return count > 0
 
     # -- the rest of the interface -------------------------------------------------------------
+
+    def max_concurrency(self) -> int:
+        """The option ``pool_size`` (5 to 10, default 10): the most connections the storage
+        opens, so the most calls it serves at once (writes then still take turns on the
+        file's write lock). Raises nothing, also after :meth:`close`."""
+        return self.options.pool_size
 
     def transaction(self) -> AbstractContextManager[None]:
         """A block on one connection that holds the write lock from its start (``BEGIN

@@ -1,0 +1,464 @@
+"""AsyncJobPersistence: the job store for ``async def`` code, over the sync facade.
+
+One code path: every method runs the sync :class:`~cidx_jobs.JobPersistence`'s method of the
+same name on a bounded thread pool of the store's own, so validation, status rules, policies,
+events and errors are the sync API's, for every backend, third parties' included, with no
+change to them. Why a thread pool and not a native async driver: the two backends that do I/O
+(``sqlite3``, and psycopg's sync pool) block, and a native path would be a second copy of the
+facade's logic to keep equal to the first. What a hop costs is measured in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Generator, Iterable, Mapping
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._config import StoreSettings
+from ._models import (
+    Checkpoint,
+    CleanupReport,
+    JobFilter,
+    JobPage,
+    JobStatus,
+    Lease,
+    RecoveryReport,
+    SyncJob,
+)
+from ._persistence import JobPersistence
+from ._plugins import Hooks
+from .backend import Storage, StoreConfig
+from .errors import StorageUnavailableError, ValidationError
+
+T = TypeVar("T")
+
+#: Threads for a storage that does not say how many calls it serves at once.
+DEFAULT_WORKERS = 4
+#: The most threads a store starts, whatever the storage says: each one is a thread that
+#: waits on the database, and asyncio's own default executor has min(32, CPUs + 4).
+MAX_WORKERS = 64
+
+
+def _worker_count(storage: Storage, max_workers: int | None) -> int:
+    if max_workers is None:
+        hint = storage.max_concurrency()
+        return DEFAULT_WORKERS if hint is None else max(1, min(hint, MAX_WORKERS))
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+        raise ValidationError(
+            f"max_workers must be an int, got {type(max_workers).__name__}", field="max_workers"
+        )
+    if not 1 <= max_workers <= MAX_WORKERS:
+        raise ValidationError(
+            f"max_workers must be in 1..{MAX_WORKERS}, got {max_workers}", field="max_workers"
+        )
+    return max_workers
+
+
+class AsyncJobPersistence:
+    """The job store for ``async def`` code: :class:`~cidx_jobs.JobPersistence`'s methods as
+    awaitables, with the same validation, errors, events and policies.
+
+    Each call runs the sync facade's method on a thread pool that belongs to
+    this store, sized to the storage's pool
+    (:meth:`~cidx_jobs.backend.Storage.max_concurrency`, else 4 threads), so the event
+    loop never waits on a lock, an fsync or a round trip, and a burst of
+    requests queues for the store's threads instead of asyncio's shared default
+    executor. Open one with :func:`open_async_persistence`::
+
+        async with open_async_persistence("sqlite:///var/lib/cidx/jobs.db") as store:
+            await store.save_job(job)
+
+    or wrap a sync store that is already open: ``AsyncJobPersistence(store)``.
+
+    **Transactions** are bound to a thread, so there is no ``async with
+    store.transaction()``: :meth:`run_in_transaction` runs a whole block, as a
+    plain function of the sync store, on one thread.
+
+    **Cancellation.** A task cancelled while it awaits a call (a client
+    disconnect, a timeout) stops waiting at once. The call itself either had
+    not started, and then never runs, or runs to its end on its thread: each
+    call is atomic, as on the sync API, so nothing is left half-written, and
+    the thread and its connection go back to the pool. Whether a cancelled
+    write was stored is unknown to the cancelled task; read the job to know.
+
+    **Closing** (:meth:`aclose`, or leaving ``async with``) refuses new calls
+    with :class:`~cidx_jobs.errors.StorageUnavailableError`, waits for every
+    call already made (running or queued) to finish and deliver its result, and
+    then closes the storage.
+
+    :param store: the sync store to run on; :meth:`aclose` closes it.
+    :param max_workers: how many calls run at once (1..64); by default the
+        storage's pool size.
+    :raises ValidationError: ``store`` is not a JobPersistence, or
+        ``max_workers`` is out of range.
+    """
+
+    def __init__(self, store: JobPersistence, *, max_workers: int | None = None) -> None:
+        if not isinstance(store, JobPersistence):
+            raise ValidationError(
+                f"AsyncJobPersistence() takes a JobPersistence, got {type(store).__name__}",
+                field="store",
+            )
+        self._sync: JobPersistence | None = store
+        self._opener: Callable[[], JobPersistence] | None = None
+        self._max_workers = max_workers
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._workers = 0
+        self._closed = False
+        self._lock = threading.Lock()
+        self._start(store)
+
+    @classmethod
+    def _unopened(
+        cls, opener: Callable[[], JobPersistence], max_workers: int | None
+    ) -> AsyncJobPersistence:
+        self = cls.__new__(cls)
+        self._sync = None
+        self._opener = opener
+        self._max_workers = max_workers
+        self._executor = None
+        self._workers = 0
+        self._closed = False
+        self._lock = threading.Lock()
+        return self
+
+    def _start(self, store: JobPersistence) -> None:
+        self._workers = _worker_count(store.storage, self._max_workers)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._workers, thread_name_prefix="cidx-jobs"
+        )
+        self._sync = store
+
+    # -- opening and closing -----------------------------------------------------------
+
+    async def open(self) -> AsyncJobPersistence:
+        """Open the storage (on a thread: opening may migrate a schema); returns the store.
+
+        Idempotent. ``await open_async_persistence(...)`` and ``async with`` call it.
+
+        :raises StorageUnavailableError: the store was closed.
+        :raises ConfigError: as :func:`~cidx_jobs.open_persistence` raises it.
+        :raises BackendNotFoundError: as :func:`~cidx_jobs.open_persistence` raises it.
+        :raises PluginError: as :func:`~cidx_jobs.open_persistence` raises it.
+        :raises StorageError: as :func:`~cidx_jobs.open_persistence` raises it.
+        """
+        if self._closed:
+            raise StorageUnavailableError("the async job store is closed; open a new one")
+        if self._sync is None and self._opener is not None:
+            store = await asyncio.to_thread(self._opener)
+            with self._lock:
+                # Read under the lock: another open() or aclose() may have run meanwhile.
+                another_won = self._sync is not None
+                if not another_won and not self._closed:
+                    self._start(store)
+                    return self
+            store.close()
+            if not another_won:
+                raise StorageUnavailableError("the async job store was closed while it opened")
+        return self
+
+    def __await__(self) -> Generator[Any, None, AsyncJobPersistence]:
+        return self.open().__await__()
+
+    async def aclose(self) -> None:
+        """Close the store: refuse new calls, let the calls already made finish, then close
+        the storage. Idempotent.
+
+        :raises StorageError: closing the storage failed (it is closed anyway).
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            executor, store = self._executor, self._sync
+        if executor is not None:
+            # On a thread of its own: the store's threads are what it waits for.
+            await asyncio.to_thread(executor.shutdown, True)
+        if store is not None:
+            await asyncio.to_thread(store.close)
+
+    async def __aenter__(self) -> AsyncJobPersistence:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- what the sync store offers as is ------------------------------------------------
+
+    @property
+    def sync(self) -> JobPersistence:
+        """The sync store the calls run on (for code that runs on a thread already).
+
+        :raises StorageUnavailableError: the store is not open yet.
+        """
+        if self._sync is None:
+            raise StorageUnavailableError(
+                "the async job store is not open: use `async with` or `await store.open()`"
+            )
+        return self._sync
+
+    @property
+    def storage(self) -> Storage:
+        """The backend's storage (see :attr:`JobPersistence.storage`)."""
+        return self.sync.storage
+
+    @property
+    def hooks(self) -> Hooks:
+        """The hooks this store calls."""
+        return self.sync.hooks
+
+    @property
+    def settings(self) -> StoreSettings:
+        """The common settings in force."""
+        return self.sync.settings
+
+    @property
+    def owner_id(self) -> str:
+        """This store's owner id, for job leases (see :attr:`JobPersistence.owner_id`)."""
+        return self.sync.owner_id
+
+    @property
+    def max_workers(self) -> int:
+        """How many calls run at once (the size of the store's thread pool); 0 before open."""
+        return self._workers
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._sync is not None else "unopened"
+        inner = "" if self._sync is None else f" {self._sync.storage!r}"
+        return f"<AsyncJobPersistence {state}{inner}>"
+
+    # -- the one path every call takes ----------------------------------------------------
+
+    async def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # By name, so that a subclass's override of the sync method is the one that runs.
+        return await self._run(getattr(self.sync, method.__name__), *args, **kwargs)
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        executor = self._executor
+        if self._closed or executor is None:
+            raise StorageUnavailableError(
+                "the async job store is closed; open a new one"
+                if self._closed
+                else "the async job store is not open: use `async with` or `await store.open()`"
+            )
+        # The caller's context variables (a request id in the log records) follow the call.
+        run = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        try:
+            future = executor.submit(run)
+        except RuntimeError:  # shut down between the check and the submit
+            raise StorageUnavailableError("the async job store is closed; open a new one") from None
+        return await asyncio.wrap_future(future)
+
+    async def run_in_transaction(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(store, *args, **kwargs)`` in one transaction, on one thread; return its
+        result.
+
+        ``fn`` is a plain (not ``async``) function that receives the sync
+        :class:`~cidx_jobs.JobPersistence` and makes its calls on it: they
+        commit together when it returns, and none of them is stored when it
+        raises (the exception propagates). Events of the block fire after the
+        commit. The block holds a connection (on SQLite, the write lock) until
+        it returns, so keep it short and never wait in it for the event loop.
+        A task cancelled while it waits for the block does not interrupt it: the
+        block runs to its commit or rollback on its thread.
+
+        :raises ValidationError: ``fn`` is not callable, is a coroutine function,
+            or returned an awaitable (the block is rolled back).
+        :raises StorageError: the commit failed; nothing of the block was stored.
+        """
+        if not callable(fn):
+            raise ValidationError(
+                f"run_in_transaction() takes a function, got {type(fn).__name__}", field="fn"
+            )
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - a callable object's method
+        ):
+            raise ValidationError(
+                "run_in_transaction() runs a plain function on a thread of the store; "
+                "an async function cannot run there. Make the block a def that calls the "
+                "sync store it receives",
+                field="fn",
+            )
+        return await self._run(_in_transaction, self.sync, fn, args, kwargs)
+
+    # -- JobPersistence's methods, awaited ------------------------------------------------
+    # Each is one _call of the sync method of the same name; test_async.py checks that the
+    # two classes offer the same methods with the same parameters.
+
+    async def save_job(self, job: SyncJob) -> bool:
+        """:meth:`JobPersistence.save_job`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.save_job, job)
+
+    async def load_job(self, job_id: str) -> SyncJob | None:
+        """:meth:`JobPersistence.load_job`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.load_job, job_id)
+
+    async def update_job_status(
+        self,
+        job_id: str,
+        status: JobStatus | str,
+        *,
+        error_message: str | None = None,
+        expected: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        lease: Lease | None = None,
+    ) -> bool:
+        """:meth:`JobPersistence.update_job_status`, awaited; it raises what that raises."""
+        return await self._call(
+            JobPersistence.update_job_status,
+            job_id,
+            status,
+            error_message=error_message,
+            expected=expected,
+            lease=lease,
+        )
+
+    async def update_job_progress(
+        self, job_id: str, progress: int, phase: str | None = None, *, lease: Lease | None = None
+    ) -> bool:
+        """:meth:`JobPersistence.update_job_progress`, awaited; it raises what that raises."""
+        return await self._call(
+            JobPersistence.update_job_progress, job_id, progress, phase, lease=lease
+        )
+
+    async def claim_job(
+        self,
+        job_id: str,
+        *,
+        expected: JobStatus | str | Iterable[JobStatus | str] | None = None,
+    ) -> Lease | None:
+        """:meth:`JobPersistence.claim_job`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.claim_job, job_id, expected=expected)
+
+    async def query_jobs(self, filter: JobFilter | None = None) -> list[SyncJob]:
+        """:meth:`JobPersistence.query_jobs`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.query_jobs, filter)
+
+    async def query_page(self, filter: JobFilter | None = None) -> JobPage:
+        """:meth:`JobPersistence.query_page`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.query_page, filter)
+
+    async def count_jobs(self, filter: JobFilter | None = None) -> int:
+        """:meth:`JobPersistence.count_jobs`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.count_jobs, filter)
+
+    async def delete_expired_jobs(self, older_than: datetime) -> int:
+        """:meth:`JobPersistence.delete_expired_jobs`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.delete_expired_jobs, older_than)
+
+    async def run_cleanup(
+        self,
+        now: datetime | None = None,
+        *,
+        retention: timedelta | None = None,
+        dry_run: bool = False,
+    ) -> CleanupReport:
+        """:meth:`JobPersistence.run_cleanup`, awaited; it raises what that raises."""
+        return await self._call(
+            JobPersistence.run_cleanup, now, retention=retention, dry_run=dry_run
+        )
+
+    async def save_checkpoint(
+        self, job_id: str, phase: str, data: Mapping[str, Any], *, lease: Lease | None = None
+    ) -> bool:
+        """:meth:`JobPersistence.save_checkpoint`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.save_checkpoint, job_id, phase, data, lease=lease)
+
+    async def load_checkpoint(self, job_id: str, phase: str) -> dict[str, Any] | None:
+        """:meth:`JobPersistence.load_checkpoint`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.load_checkpoint, job_id, phase)
+
+    async def list_checkpoints(self, job_id: str) -> list[Checkpoint]:
+        """:meth:`JobPersistence.list_checkpoints`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.list_checkpoints, job_id)
+
+    async def resume_point(self, job_id: str) -> Checkpoint | None:
+        """:meth:`JobPersistence.resume_point`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.resume_point, job_id)
+
+    async def heartbeat(self) -> int:
+        """:meth:`JobPersistence.heartbeat`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.heartbeat)
+
+    async def recover_interrupted_jobs(
+        self, lease_timeout: timedelta | None = None
+    ) -> RecoveryReport:
+        """:meth:`JobPersistence.recover_interrupted_jobs`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.recover_interrupted_jobs, lease_timeout)
+
+    async def hand_over_jobs(self) -> int:
+        """:meth:`JobPersistence.hand_over_jobs`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.hand_over_jobs)
+
+
+def _in_transaction(
+    store: JobPersistence,
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> T:
+    with store.transaction():
+        result = fn(store, *args, **kwargs)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # never awaited: close it so Python does not warn
+            raise ValidationError(
+                "the function given to run_in_transaction() returned an awaitable; the block "
+                "was rolled back. It must do its work before it returns",
+                field="fn",
+            )
+        return result
+
+
+def open_async_persistence(
+    config: StoreConfig | None = None,
+    *,
+    hooks: Hooks | None = None,
+    settings: StoreSettings | None = None,
+    max_workers: int | None = None,
+) -> AsyncJobPersistence:
+    """The async job store that ``config`` names, opened when awaited or entered.
+
+    ``store = await open_async_persistence(url)`` opens it (close it with
+    ``await store.aclose()``); ``async with open_async_persistence(url) as
+    store:`` opens it and closes it at the end. Opening runs on a thread, as it
+    may create or migrate the schema. Every argument but ``max_workers`` is
+    :func:`~cidx_jobs.open_persistence`'s.
+
+    :param max_workers: how many calls run at once (1..64); by default the
+        storage's pool size (see :class:`AsyncJobPersistence`).
+    :raises ValidationError: ``max_workers`` is not an int in 1..64 (at once,
+        before anything is opened).
+    :raises ConfigError: when it is opened, as :func:`~cidx_jobs.open_persistence` does.
+    :raises BackendNotFoundError: when it is opened, likewise.
+    :raises PluginError: when it is opened, likewise.
+    :raises StorageError: when it is opened, likewise.
+    """
+    from ._open import open_persistence
+
+    if max_workers is not None and (
+        isinstance(max_workers, bool)
+        or not isinstance(max_workers, int)
+        or not 1 <= max_workers <= MAX_WORKERS
+    ):
+        raise ValidationError(
+            f"max_workers must be an int in 1..{MAX_WORKERS}, got {max_workers!r}",
+            field="max_workers",
+        )
+    return AsyncJobPersistence._unopened(
+        functools.partial(open_persistence, config, hooks=hooks, settings=settings), max_workers
+    )
+
+
+__all__ = ["AsyncJobPersistence", "open_async_persistence"]
