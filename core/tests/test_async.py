@@ -12,11 +12,13 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import attrs
 import pytest
 
 from cidx_jobs import (
     AsyncCleanupScheduler,
     AsyncJobPersistence,
+    CleanupScheduler,
     Hooks,
     JobPersistence,
     JobStatus,
@@ -94,23 +96,32 @@ def test_the_pool_is_the_storages_size_and_bounded(tmp_path: Path) -> None:
             assert store.max_workers == 6
         async with open_async_persistence("memory://") as store:
             assert store.max_workers == 4  # the memory storage does not say
-        async with open_async_persistence("memory://", max_workers=2) as store:
-            active = 0
-            most = 0
-            lock = threading.Lock()
+        active = 0
+        most = 0
+        lock = threading.Lock()
 
-            def block(sync: JobPersistence) -> None:
+        class SlowPolicy:
+            # Runs on the store's thread inside each save_checkpoint, before any storage lock.
+            @hookimpl
+            def cidx_jobs_checkpoint_policy(self, last_written_at, now):  # type: ignore[no-untyped-def]
                 nonlocal active, most
                 with lock:
                     active += 1
                     most = max(most, active)
-                time.sleep(0.02)
+                time.sleep(0.05)
                 with lock:
                     active -= 1
+                return True
 
-            await asyncio.gather(*(store.run_in_transaction(block) for _ in range(10)))
-            assert most == 2 or most == 1  # the memory storage serializes blocks
-            assert most <= 2
+        pm = get_plugin_manager()
+        pm.register(SlowPolicy(), name="slow-policy")
+        async with open_async_persistence("memory://", hooks=Hooks(pm), max_workers=2) as store:
+            for i in range(8):
+                await store.save_job(job(f"j{i}"))
+            await asyncio.gather(
+                *(store.save_checkpoint(f"j{i}", "clone", {"n": i}) for i in range(8))
+            )
+        assert most == 2  # two calls at once, never more
 
     asyncio.run(scenario())
 
@@ -384,6 +395,12 @@ def test_a_public_dict_leaves_the_workers_identity_out() -> None:
         serialization.to_public_dict({"id": "j1"})  # type: ignore[arg-type]
 
 
+def test_every_field_of_a_job_is_either_public_or_internal() -> None:
+    fields = {field.name for field in attrs.fields(SyncJob)}
+    assert fields == serialization.PUBLIC_FIELDS | serialization.INTERNAL_FIELDS
+    assert not serialization.PUBLIC_FIELDS & serialization.INTERNAL_FIELDS
+
+
 def test_the_async_cleanup_scheduler_awaits_an_async_stores_cleanup(tmp_path: Path) -> None:
     old = utcnow() - timedelta(days=30)
 
@@ -405,3 +422,33 @@ def test_the_async_cleanup_scheduler_awaits_an_async_stores_cleanup(tmp_path: Pa
     assert scheduler.failures == 0
     assert scheduler.last_report is not None
     assert scheduler.last_report.jobs_deleted == 1
+
+
+def test_a_cancelled_aclose_still_closes_and_a_second_one_waits_for_it(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await open_async_persistence(sqlite_url(tmp_path))
+        # Another process holds the write lock, so a save is in flight when aclose() starts.
+        blocker = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        saving = asyncio.ensure_future(store.save_job(job()))
+        await asyncio.sleep(0.1)
+        closing = asyncio.ensure_future(store.aclose())
+        await asyncio.sleep(0.1)
+        closing.cancel()  # while it waits for the save
+        asyncio.get_running_loop().call_later(0.2, blocker.execute, "COMMIT")
+        await store.aclose()  # waits for the same closing, to its end
+        blocker.close()
+        assert await saving is True  # the call made before the close delivered its result
+        with pytest.raises(StorageUnavailableError):
+            store.sync.load_job("j1")  # the storage underneath is closed
+
+    asyncio.run(scenario())
+
+
+def test_a_cleanup_scheduler_thread_refuses_an_async_store() -> None:
+    async def scenario() -> None:
+        async with open_async_persistence("memory://") as store:
+            with pytest.raises(ValidationError, match="AsyncCleanupScheduler"):
+                CleanupScheduler(store)  # type: ignore[arg-type]
+
+    asyncio.run(scenario())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -214,6 +215,8 @@ def test_a_failing_sweep_or_callback_is_logged_and_retried(
         async with runner:
             assert calls == 1
             assert runner.failures == 1
+            # The report is passed on again (its job is this store's now: no sweep finds it).
+            await _until(lambda: calls >= 2)
             await store.aclose()  # now every sweep and heartbeat fails
             await _until(lambda: runner.failures >= 3)
             assert runner.running
@@ -238,3 +241,31 @@ def test_a_sync_store_works_too(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert [j.id for r in reports for j in r.requeue] == ["q"]
+
+
+def test_stop_waits_for_a_sweep_in_flight_before_it_hands_the_jobs_over(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with open_async_persistence(url(tmp_path)) as store:
+            runner = LeaseRunner(
+                store, heartbeat_interval=0.05, lease_timeout=0.2, sweep_interval=0.05
+            )
+            await runner.start()  # nothing to recover yet
+            await store.save_job(
+                job(
+                    "k", status=JobStatus.RUNNING, owner_id="dead:1:x", heartbeat_at=utcnow() - HOUR
+                )
+            )
+            # Another process holds the write lock: the next sweep's take-over waits for it.
+            blocker = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            await asyncio.sleep(0.3)
+            asyncio.get_running_loop().call_later(0.3, blocker.execute, "COMMIT")
+            await runner.stop()
+            blocker.close()
+        # The sweep's take-over landed before the hand-over, which expired its lease: a
+        # sibling with any lease timeout takes the job at once.
+        with open_persistence(url(tmp_path)) as sibling:
+            report = sibling.recover_interrupted_jobs(lease_timeout=HOUR)
+            assert [point.job.id for point in report.interrupted] == ["k"]
+
+    asyncio.run(scenario())

@@ -113,6 +113,8 @@ class AsyncJobPersistence:
         self._workers = 0
         self._closed = False
         self._lock = threading.Lock()
+        self._opening: asyncio.Task[None] | None = None
+        self._closing: concurrent.futures.Future[None] | None = None
         self._start(store)
 
     @classmethod
@@ -127,6 +129,8 @@ class AsyncJobPersistence:
         self._workers = 0
         self._closed = False
         self._lock = threading.Lock()
+        self._opening = None
+        self._closing = None
         return self
 
     def _start(self, store: JobPersistence) -> None:
@@ -152,37 +156,49 @@ class AsyncJobPersistence:
         if self._closed:
             raise StorageUnavailableError("the async job store is closed; open a new one")
         if self._sync is None and self._opener is not None:
-            store = await asyncio.to_thread(self._opener)
-            with self._lock:
-                # Read under the lock: another open() or aclose() may have run meanwhile.
-                another_won = self._sync is not None
-                if not another_won and not self._closed:
-                    self._start(store)
-                    return self
-            store.close()
-            if not another_won:
-                raise StorageUnavailableError("the async job store was closed while it opened")
+            # One opening, however many open() calls wait for it; shielded, so that a
+            # cancelled open() leaves the storage to this store (its aclose() closes it).
+            if self._opening is None:
+                self._opening = asyncio.ensure_future(self._open_storage(self._opener))
+            await asyncio.shield(self._opening)
         return self
+
+    async def _open_storage(self, opener: Callable[[], JobPersistence]) -> None:
+        store = await asyncio.to_thread(opener)
+        with self._lock:
+            if not self._closed:
+                self._start(store)
+                return
+        await asyncio.to_thread(store.close)  # aclose() came first
+        raise StorageUnavailableError("the async job store was closed while it opened")
 
     def __await__(self) -> Generator[Any, None, AsyncJobPersistence]:
         return self.open().__await__()
 
     async def aclose(self) -> None:
         """Close the store: refuse new calls, let the calls already made finish, then close
-        the storage. Idempotent.
+        the storage. Idempotent: every call waits for the one closing. A cancelled
+        ``aclose()`` stops waiting, and the closing goes on to its end.
 
         :raises StorageError: closing the storage failed (it is closed anyway).
         """
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            executor, store = self._executor, self._sync
-        if executor is not None:
-            # On a thread of its own: the store's threads are what it waits for.
-            await asyncio.to_thread(executor.shutdown, True)
-        if store is not None:
-            await asyncio.to_thread(store.close)
+            if self._closing is None:
+                self._closed = True
+                self._closing = concurrent.futures.Future()
+                # On a thread of its own, not the store's (they are what it waits for), nor
+                # a task of this loop: a cancelled aclose() must not stop the closing half-way.
+                threading.Thread(
+                    target=_close,
+                    args=(self._closing, self._executor, self._sync),
+                    name="cidx-jobs-close",
+                    daemon=True,
+                ).start()
+            closing, opening = self._closing, self._opening
+        await asyncio.shield(asyncio.wrap_future(closing))
+        if opening is not None and not opening.done():
+            # An opening in flight closes what it opened when it sees the store closed.
+            await asyncio.gather(asyncio.shield(opening), return_exceptions=True)
 
     async def __aenter__(self) -> AsyncJobPersistence:
         return await self.open()
@@ -400,6 +416,22 @@ class AsyncJobPersistence:
     async def hand_over_jobs(self) -> int:
         """:meth:`JobPersistence.hand_over_jobs`, awaited; it raises what that raises."""
         return await self._call(JobPersistence.hand_over_jobs)
+
+
+def _close(
+    done: concurrent.futures.Future[None],
+    executor: concurrent.futures.ThreadPoolExecutor | None,
+    store: JobPersistence | None,
+) -> None:
+    try:
+        if executor is not None:
+            executor.shutdown(wait=True)
+        if store is not None:
+            store.close()
+    except BaseException as error:  # handed to every aclose() that waits
+        done.set_exception(error)
+    else:
+        done.set_result(None)
 
 
 def _in_transaction(

@@ -32,6 +32,8 @@ logger = logging.getLogger("cidx_jobs")
 HEARTBEAT_INTERVAL = 5.0
 LEASE_TIMEOUT = 20.0
 SWEEP_INTERVAL = 5.0
+#: Seconds before a failed heartbeat is tried again.
+_HEARTBEAT_RETRY = 0.5
 
 OnRecovered = Callable[[RecoveryReport], "Awaitable[None] | None"]
 
@@ -61,9 +63,11 @@ class LeaseRunner:
     gracefully stopped worker's within one ``sweep_interval`` (5 s); the
     figures measured are in docs/lifecycle.md. A worker stalled for longer than
     ``lease_timeout`` loses its jobs; its fenced writes then raise
-    :class:`~cidx_jobs.errors.LeaseLostError`. A failing heartbeat, sweep or
-    callback is logged on the ``cidx_jobs`` logger and retried at the next
-    interval: the runner never dies of it.
+    :class:`~cidx_jobs.errors.LeaseLostError`. A failing heartbeat is logged on the ``cidx_jobs`` logger and tried again
+    0.5 s later, a failing sweep at the next interval, and a report whose
+    ``on_recovered`` raised is passed to it again at the next sweep (the jobs
+    are this store's by then, and no sweep finds them again): the runner never
+    dies of it.
 
     ::
 
@@ -119,6 +123,12 @@ class LeaseRunner:
         #: The last report that found a job, or ``None``.
         self.last_report: RecoveryReport | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: Reports whose on_recovered failed: passed on again at the next sweep (the jobs are
+        #: this store's now, and its own sweeps never find them again).
+        self._unhandled: list[RecoveryReport] = []
+        #: The store calls in flight: stop() waits for them before it hands the jobs over.
+        self._in_flight: set[asyncio.Future[Any]] = set()
+        self._starting = False
 
     @property
     def running(self) -> bool:
@@ -128,8 +138,14 @@ class LeaseRunner:
     async def _store_call(self, name: str, *args: Any) -> Any:
         method = getattr(self.store, name)
         if isinstance(self.store, AsyncJobPersistence):
-            return await method(*args)
-        return await asyncio.to_thread(method, *args)
+            call: asyncio.Future[Any] = asyncio.ensure_future(method(*args))
+        else:
+            call = asyncio.ensure_future(asyncio.to_thread(method, *args))
+        self._in_flight.add(call)
+        call.add_done_callback(self._in_flight.discard)
+        # Shielded: a task of the runner cancelled by stop() stops waiting, while the call
+        # runs to its end, and stop() waits for it before handing the jobs over.
+        return await asyncio.shield(call)
 
     async def sweep(self) -> RecoveryReport | None:
         """Run one recovery sweep now, and pass a report that found a job to
@@ -146,30 +162,42 @@ class LeaseRunner:
             self.sweeps += 1
         if report.interrupted or report.requeue:
             self.last_report = report
-            if self.on_recovered is not None:
-                try:
-                    outcome = self.on_recovered(report)
-                    if inspect.isawaitable(outcome):
-                        await outcome
-                except Exception:
-                    self.failures += 1
-                    logger.exception(
-                        "on_recovered failed for %d interrupted and %d re-queued job(s); "
-                        "they stay with this worker, and return to the sweeps of the others "
-                        "if it dies",
-                        len(report.interrupted),
-                        len(report.requeue),
-                    )
+            self._unhandled.append(report)
+        callback = self.on_recovered
+        if callback is None:
+            self._unhandled.clear()
+        while callback is not None and self._unhandled:
+            pending = self._unhandled[0]
+            try:
+                outcome = callback(pending)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                self.failures += 1
+                logger.exception(
+                    "on_recovered failed for %d interrupted and %d re-queued job(s); "
+                    "the report is passed on again at the next sweep (in %.0f s)",
+                    len(pending.interrupted),
+                    len(pending.requeue),
+                    self.sweep_interval,
+                )
+                break
+            self._unhandled.pop(0)
         return report
 
     async def _heartbeats(self) -> None:
+        delay = self.heartbeat_interval
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            await asyncio.sleep(delay)
             try:
                 await self._store_call("heartbeat")
+                delay = self.heartbeat_interval
             except Exception:
                 self.failures += 1
-                logger.exception("heartbeat failed; retrying in %.0f s", self.heartbeat_interval)
+                # Soon, not a whole interval later: two heartbeats lost to a busy store must
+                # not cost the lease (on SQLite one may wait busy_timeout_ms, 5 s, and fail).
+                delay = min(_HEARTBEAT_RETRY, self.heartbeat_interval)
+                logger.exception("heartbeat failed; retrying in %.1f s", delay)
             finally:
                 self.heartbeats += 1
 
@@ -182,26 +210,31 @@ class LeaseRunner:
     async def start(self) -> None:
         """Recover once (and pass the report on), then start the heartbeat and sweep tasks.
         A second call while running does nothing."""
-        if self.running:
+        if self.running or self._starting:
             return
-        await self.sweep()
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._heartbeats(), name="cidx-jobs-heartbeat"),
-            loop.create_task(self._sweeps(), name="cidx-jobs-recovery"),
-        ]
+        self._starting = True
+        try:
+            await self.sweep()
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._heartbeats(), name="cidx-jobs-heartbeat"),
+                loop.create_task(self._sweeps(), name="cidx-jobs-recovery"),
+            ]
+        finally:
+            self._starting = False
 
     async def stop(self) -> int:
         """Stop the tasks and, with ``hand_over``, hand the store's jobs over; returns how
         many jobs were handed over (0 without ``hand_over``, or when it failed: logged).
 
-        Call it before closing the store. A call of the runner's in flight runs to
-        its end on its thread first.
+        Call it before closing the store. A call of the runner's in flight (a sweep,
+        a heartbeat) runs to its end first, so that none lands after the hand-over.
         """
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
         if not self.hand_over:
             return 0
         try:

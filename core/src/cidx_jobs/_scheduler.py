@@ -85,7 +85,8 @@ class CleanupScheduler(_Runs):
     :param store: the store to clean (a :class:`~cidx_jobs.JobPersistence`).
     :param interval: seconds or a timedelta between runs.
     :param retention: overrides the store's configured retention.
-    :raises ValidationError: ``interval`` is not positive or ``retention`` is negative.
+    :raises ValidationError: ``store`` is an :class:`~cidx_jobs.AsyncJobPersistence`,
+        ``interval`` is not positive or ``retention`` is negative.
     """
 
     def __init__(
@@ -95,6 +96,12 @@ class CleanupScheduler(_Runs):
         interval: timedelta | float = timedelta(hours=1),
         retention: timedelta | None = None,
     ) -> None:
+        if isinstance(store, AsyncJobPersistence):  # type: ignore[unreachable]
+            raise ValidationError(
+                "CleanupScheduler runs cleanups on a thread of its own and takes a sync "
+                "store; use AsyncCleanupScheduler for an AsyncJobPersistence",
+                field="store",
+            )
         super().__init__(store, interval, retention)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

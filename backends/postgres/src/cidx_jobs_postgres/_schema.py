@@ -91,8 +91,8 @@ _V1 = (
 # interrupted jobs of its owner and recovery takes over those whose owner died, so the lease
 # index holds them beside the active ones. An index's predicate cannot be altered: it is
 # built again under the same name, in the migration's transaction (CREATE INDEX
-# CONCURRENTLY cannot run in one), which holds writes to sync_jobs while it reads the table
-# once. An interrupted job stays in it only until it is resumed, finished, or deleted by
+# CONCURRENTLY cannot run in one); its DROP INDEX takes an ACCESS EXCLUSIVE lock, so reads
+# and writes of sync_jobs wait until the build, which reads the table once, commits. An interrupted job stays in it only until it is resumed, finished, or deleted by
 # cleanup a retention after its interruption, so the index still holds no history.
 _V2 = (
     "DROP INDEX {schema}.sync_jobs_active_owner",
