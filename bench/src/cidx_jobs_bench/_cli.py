@@ -14,6 +14,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,40 @@ def parser() -> argparse.ArgumentParser:
         help="the SQLite store's pool_size in the threads run (default: the backend's default)",
     )
     p.add_argument(
+        "--async-ops",
+        type=_size,
+        help="timed calls per operation and API in the async section on SQLite (default 2000, "
+        "quick 300; PostgreSQL: half)",
+    )
+    p.add_argument(
+        "--clients",
+        type=_size,
+        dest="async_clients",
+        help="concurrent HTTP connections in the async section's lag runs (default 200)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        dest="async_rate",
+        help="requests per second, all clients together, of the async section's paced lag runs "
+        "(default 500)",
+    )
+    p.add_argument(
+        "--lag-duration",
+        type=float,
+        help="seconds per loaded lag run in the async section (default 3, quick 1.5)",
+    )
+    p.add_argument(
+        "--postgres-url",
+        metavar="URL",
+        help="the PostgreSQL server of the async section (default $CIDX_JOBS_POSTGRES_URL, "
+        "else postgresql://postgres@127.0.0.1:5432/test if it answers); it works in a "
+        "throwaway schema and drops it",
+    )
+    p.add_argument(
+        "--no-postgres", action="store_true", help="measure the async section on SQLite only"
+    )
+    p.add_argument(
         "--cache-dir",
         type=Path,
         help="where built databases are cached (default $CIDX_JOBS_BENCH_CACHE or "
@@ -118,10 +153,17 @@ def settings_from(args: argparse.Namespace, work_dir: Path) -> Settings:
         "processes",
         "duration",
         "pool_size",
+        "async_ops",
+        "async_clients",
+        "async_rate",
+        "lag_duration",
+        "postgres_url",
     ):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
+    if args.no_postgres:
+        changes["postgres"] = False
     sections = tuple(args.only) if args.only else SECTIONS
     skip = set(args.skip)
     if args.no_peers:
@@ -147,6 +189,18 @@ def _plugins() -> dict[str, str | None]:
     return found
 
 
+def _redacted(url: str | None) -> str | None:
+    """A URL without its password, for the report."""
+    if not url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
 def meta(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
     """What a reader needs to reproduce the run."""
     return {
@@ -167,20 +221,38 @@ def meta(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
                 "persist-queue",
                 "APScheduler",
                 "SQLAlchemy",
+                "cidx-jobs-postgres",
+                "psycopg",
+                "fastapi",
+                "uvicorn",
             )
         },
         # Every plugin open_persistence() loads: a third-party observer (metrics, say)
         # runs on every event of the timed calls and shows in the sqlite figures.
         "plugins": _plugins(),
         "settings": {
-            key: str(value) if isinstance(value, Path) else value
+            key: _redacted(value)
+            if key == "postgres_url"
+            else str(value)
+            if isinstance(value, Path)
+            else value
             for key, value in dataclasses.asdict(settings).items()
         },
     }
 
 
 def _runners() -> dict[str, Callable[[Settings, Report], None]]:
-    from . import _check, _cleanup, _concurrency, _indexes, _ops, _peers, _query, _size
+    from . import (
+        _async_api,
+        _check,
+        _cleanup,
+        _concurrency,
+        _indexes,
+        _ops,
+        _peers,
+        _query,
+        _size,
+    )
 
     return {
         "check": _check.run,
@@ -191,6 +263,7 @@ def _runners() -> dict[str, Callable[[Settings, Report], None]]:
         "large-cleanup": _cleanup.run_large,
         "size": _size.run,
         "concurrency": _concurrency.run,
+        "async": _async_api.run,
         "peers": _peers.run,
     }
 

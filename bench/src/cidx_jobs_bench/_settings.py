@@ -18,6 +18,7 @@ SECTIONS = (
     "large-cleanup",
     "size",
     "concurrency",
+    "async",
     "peers",
 )
 
@@ -54,6 +55,16 @@ class Settings:
     :ivar index_min_reps: the fewest timed calls per query shape and contender there.
     :ivar index_max_reps: the most timed calls per query shape and contender there.
     :ivar index_db_size: the database the indexes section reads (None: the largest size).
+    :ivar async_ops: timed calls per operation and API in the async section's overhead
+        rows on SQLite (PostgreSQL: half as many).
+    :ivar async_clients: concurrent HTTP connections in the async section's lag runs.
+    :ivar async_rate: requests per second, all clients together, of the async section's
+        paced lag runs (its other runs are a closed loop: as fast as the server answers).
+    :ivar lag_duration: seconds each of the async section's loaded lag runs lasts.
+    :ivar postgres: also measure the async section on PostgreSQL (when a server answers).
+    :ivar postgres_url: the PostgreSQL configuration the async section uses (None:
+        ``$CIDX_JOBS_POSTGRES_URL``, else the local test server); it works in a throwaway
+        schema and drops it.
     :ivar sections: which sections to run.
     :ivar cache_dir: where built databases are kept between runs.
     :ivar work_dir: where the run's scratch databases go (removed afterwards).
@@ -87,6 +98,12 @@ class Settings:
     index_min_reps: int = 3
     index_max_reps: int = 300
     index_db_size: int | None = None
+    async_ops: int = 2000
+    async_clients: int = 200
+    async_rate: float = 500.0
+    lag_duration: float = 3.0
+    postgres: bool = True
+    postgres_url: str | None = None
 
     def log(self, message: str) -> None:
         """Progress for the person waiting, on stderr (stdout carries the table)."""
@@ -136,6 +153,8 @@ def defaults(*, quick: bool, cache_dir: Path, work_dir: Path) -> Settings:
             index_budget=0.25,
             index_min_reps=3,
             index_max_reps=60,
+            async_ops=300,
+            lag_duration=1.5,
             sections=SECTIONS,
             cache_dir=cache_dir,
             work_dir=work_dir,
