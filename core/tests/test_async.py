@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import inspect
 import sqlite3
 import threading
@@ -31,9 +32,10 @@ from cidx_jobs import (
     utcnow,
 )
 from cidx_jobs.errors import DuplicateJobError, StorageUnavailableError, ValidationError
+from cidx_jobs_memory import MemoryStorage
 
 #: What the sync facade has that the async one deliberately offers differently.
-NOT_MIRRORED = {"transaction", "close", "storage", "hooks", "settings"}
+NOT_MIRRORED = {"transaction", "close", "storage", "hooks", "settings", "now"}
 
 
 def job(job_id: str = "j1", **fields: object) -> SyncJob:
@@ -42,6 +44,17 @@ def job(job_id: str = "j1", **fields: object) -> SyncJob:
 
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+async def wait_for_status(store: AsyncJobPersistence, job_id: str, status: JobStatus) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stored = await store.load_job(job_id)
+        assert stored is not None
+        if stored.status is status:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"job {job_id} is {stored.status.value}, not {status.value}")
 
 
 def test_every_sync_method_has_an_async_twin_with_the_same_parameters() -> None:
@@ -115,13 +128,13 @@ def test_the_pool_is_the_storages_size_and_bounded(tmp_path: Path) -> None:
 
         pm = get_plugin_manager()
         pm.register(SlowPolicy(), name="slow-policy")
-        async with open_async_persistence("memory://", hooks=Hooks(pm), max_workers=2) as store:
+        async with open_async_persistence("memory://", hooks=Hooks(pm), max_workers=4) as store:
             for i in range(8):
                 await store.save_job(job(f"j{i}"))
             await asyncio.gather(
                 *(store.save_checkpoint(f"j{i}", "clone", {"n": i}) for i in range(8))
             )
-        assert most == 2  # two calls at once, never more
+        assert most == 3  # writes get three of the four threads (reads keep one), never more
 
     asyncio.run(scenario())
 
@@ -282,6 +295,147 @@ def test_a_cancelled_call_either_never_runs_or_runs_to_its_end(tmp_path: Path) -
     assert threading.active_count() <= baseline
     with open_persistence(sqlite_url(tmp_path)) as reopened:
         assert {j.id for j in reopened.query_jobs()} == {"held", "after"}
+
+
+def test_reads_are_served_while_every_write_thread_waits_for_the_lock(tmp_path: Path) -> None:
+    """Another connection holds the SQLite write lock; more saves than the store has threads
+    wait for it, and a status poll (a read) is still answered at once, not after them."""
+    url = sqlite_url(tmp_path)
+    with open_persistence(url) as setup:
+        setup.save_job(job("polled"))
+
+    async def scenario() -> None:
+        async with open_async_persistence(url, max_workers=4) as store:
+            blocker = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            try:
+                saves = [asyncio.create_task(store.save_job(job(f"w{n}"))) for n in range(6)]
+                await asyncio.sleep(0.1)
+                polled = await asyncio.wait_for(store.load_job("polled"), timeout=2)
+                assert polled is not None
+                assert not any(save.done() for save in saves), "the lock is still held"
+            finally:
+                blocker.execute("COMMIT")
+                blocker.close()
+            assert all(await asyncio.gather(*saves))
+
+    asyncio.run(scenario())
+
+
+def test_a_claim_cancelled_after_it_was_stored_releases_its_job(tmp_path: Path) -> None:
+    """The claim waits on its thread for the write lock another connection holds; its task is
+    cancelled (a client went away), then the claim goes through. No one has the lease, so the
+    store gives the job up: a sibling's next recovery resumes it, with a long lease timeout."""
+    url = sqlite_url(tmp_path)
+    with open_persistence(url) as setup:
+        setup.save_job(job())
+
+    async def scenario() -> None:
+        async with open_async_persistence(url) as store:
+            blocker = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            claiming = asyncio.create_task(store.claim_job("j1"))
+            await asyncio.sleep(0.2)
+            assert not claiming.done()  # on its thread, waiting for the lock
+            claiming.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await claiming
+            blocker.execute("COMMIT")
+            blocker.close()
+            await wait_for_status(store, "j1", JobStatus.INTERRUPTED)
+            stored = await store.load_job("j1")
+            assert stored is not None
+            assert stored.owner_id == f"{store.owner_id}:released"
+            assert await store.heartbeat() == 0, "the store no longer keeps it"
+
+    asyncio.run(scenario())
+    with open_persistence(url) as sibling:
+        report = sibling.recover_interrupted_jobs(lease_timeout=timedelta(hours=1))
+        assert [point.job.id for point in report.interrupted] == ["j1"]
+
+
+class _CancelsItsCaller(JobPersistence):
+    """Cancels the claiming task in the loop iteration that delivers the lease: the future is
+    done, so only the task learns of the cancel (a timeout landing just then does this)."""
+
+    __slots__ = ("loop", "task")
+
+    def claim_job(self, job_id, *, expected=None):  # type: ignore[no-untyped-def]
+        lease = super().claim_job(job_id, expected=expected)
+        self.loop.call_soon_threadsafe(lambda: self.loop.call_soon(self.task.cancel))
+        return lease
+
+
+def test_a_claim_cancelled_just_after_its_lease_arrived_releases_its_job() -> None:
+    async def scenario() -> None:
+        sync = _CancelsItsCaller(MemoryStorage())
+        sync.save_job(job())
+        async with AsyncJobPersistence(sync) as store:
+            sync.loop = asyncio.get_running_loop()
+            sync.task = asyncio.create_task(store.claim_job("j1"))
+            with pytest.raises(asyncio.CancelledError):
+                await sync.task
+            await wait_for_status(store, "j1", JobStatus.INTERRUPTED)
+            stored = await store.load_job("j1")
+            assert stored is not None
+            assert stored.owner_id == f"{store.owner_id}:released"
+
+    asyncio.run(scenario())
+
+
+def test_closing_at_once_after_a_cancelled_claim_still_releases_its_job(tmp_path: Path) -> None:
+    """The documented lifespan cancels its job tasks and then closes the store: the claim
+    that was waiting for the lock commits during the closing, and is released before it."""
+    url = sqlite_url(tmp_path)
+    with open_persistence(url) as setup:
+        setup.save_job(job())
+
+    async def scenario() -> None:
+        store = await open_async_persistence(url)
+        blocker = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        claiming = asyncio.create_task(store.claim_job("j1"))
+        await asyncio.sleep(0.2)
+        claiming.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await claiming
+        closing = asyncio.create_task(store.aclose())
+        await asyncio.sleep(0.05)
+        blocker.execute("COMMIT")
+        blocker.close()
+        await closing
+
+    asyncio.run(scenario())
+    with open_persistence(url) as sibling:
+        report = sibling.recover_interrupted_jobs(lease_timeout=timedelta(hours=1))
+        assert [point.job.id for point in report.interrupted] == ["j1"]
+
+
+def test_a_store_dropped_without_closing_leaves_no_thread_behind() -> None:
+    baseline = threading.active_count()
+
+    async def scenario() -> None:
+        for _ in range(20):
+            AsyncJobPersistence(JobPersistence(MemoryStorage()), max_workers=4)
+
+    asyncio.run(scenario())
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while threading.active_count() > baseline and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() <= baseline
+
+
+def test_a_block_raising_stopiteration_fails_instead_of_hanging() -> None:
+    def first_job(sync: JobPersistence) -> SyncJob:
+        return next(iter(sync.query_jobs()))  # an empty store: StopIteration
+
+    async def scenario() -> None:
+        async with open_async_persistence("memory://") as store:
+            with pytest.raises(RuntimeError, match="StopIteration"):
+                await asyncio.wait_for(store.run_in_transaction(first_job), timeout=10)
+
+    asyncio.run(scenario())
 
 
 def test_closing_lets_calls_in_flight_finish_and_refuses_new_ones(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from cidx_jobs import StoreSettings, open_persistence, parse_config
+from cidx_jobs import StoreSettings, SyncJob, open_persistence, parse_config
 from cidx_jobs._config import mask_password
 from cidx_jobs.backend import BackendConfig, Options
 from cidx_jobs.errors import BackendNotFoundError, ConfigError
@@ -191,3 +191,22 @@ def test_float_options_take_plain_ascii_numbers(value: str) -> None:
     with pytest.raises(ConfigError):
         Options("b", {"n": value}).get_float("n", 1, minimum=0, maximum=100)
     assert Options("b", {"n": " 2.5e1 "}).get_float("n", 1, minimum=0, maximum=100) == 25.0
+
+
+def test_an_owner_id_setting_leaves_room_for_the_random_part_and_the_release_marker() -> None:
+    from cidx_jobs._validate import MAX_ID_LENGTH, MAX_OWNER_SETTING_LENGTH
+
+    longest = "w" * MAX_OWNER_SETTING_LENGTH
+    with open_persistence({"backend": "memory", "owner_id": longest}) as store:
+        assert store.owner_id.startswith(longest)
+        store.save_job(SyncJob.create(id="j1", user_id="u", project_id="p"))
+        lease = store.claim_job("j1")
+        assert lease is not None
+        store.release_job(lease)
+        released = store.load_job("j1")
+        assert released is not None
+        assert released.owner_id is not None
+        assert len(released.owner_id) == MAX_ID_LENGTH
+    with pytest.raises(ConfigError, match="the limit is") as caught:
+        open_persistence({"backend": "memory", "owner_id": longest + "w"})
+    assert caught.value.option == "owner_id"

@@ -17,6 +17,7 @@ from cidx_jobs import JobStatus, SyncJob, open_persistence
 from cidx_jobs.errors import (
     SchemaVersionError,
     StorageBusyError,
+    StorageCorruptError,
     StorageError,
     StorageOutcomeUnknownError,
     StoragePermissionError,
@@ -34,29 +35,55 @@ def _schema(url: str) -> str:
     return url.rsplit("schema=", 1)[1].split("&", 1)[0]
 
 
-def _terminate(admin: Any, application_name: str) -> int:
+def _terminate(admin: Any, application_name: str, *, wait: bool = False) -> int:
+    """Terminate the sessions named ``application_name``; with ``wait``, until they are gone
+    (pg_terminate_backend only signals: the session exits, and says so, a moment later)."""
     rows = admin.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         "WHERE application_name = %s AND pid <> pg_backend_pid()",
         (application_name,),
     ).fetchall()
+    deadline = time.monotonic() + 10
+    while wait and time.monotonic() < deadline:
+        left = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            (application_name,),
+        ).fetchone()[0]
+        if left == 0:
+            break
+        time.sleep(0.01)
     return len(rows)
 
 
-def test_a_killed_connection_is_typed_and_the_next_call_reconnects(
+def test_a_killed_idle_session_is_replaced_before_a_call_uses_it(
     schema_url: str, admin: Any
 ) -> None:
+    # The session dies while it sits in the pool: the checkout sees it closed, and the call
+    # runs on a new connection instead of failing (a write was never sent, so it is not
+    # "outcome unknown" either).
     with open_persistence(f"{schema_url}&application_name=cidx-kill&pool_max=1") as store:
         store.save_job(job("job-1"))
-        assert _terminate(admin, "cidx-kill") == 1
-        with pytest.raises(StorageUnavailableError) as raised:
-            store.load_job("job-1")
-        assert not isinstance(raised.value, StorageBusyError)
-        assert isinstance(raised.value.__cause__, psycopg.Error)
+        assert _terminate(admin, "cidx-kill", wait=True) == 1
+        assert store.update_job_progress("job-1", 10)
+        assert _terminate(admin, "cidx-kill", wait=True) == 1
         loaded = store.load_job("job-1")
         assert loaded is not None
-        assert loaded.id == "job-1"
-        assert store.update_job_progress("job-1", 10)
+        assert loaded.progress == 10
+
+
+def test_without_the_check_a_write_on_a_killed_session_is_outcome_unknown(
+    schema_url: str, admin: Any
+) -> None:
+    # check_connections=false saves the check's cost: then a dead session is found only by
+    # the statement sent on it, and a write's outcome is unknown; the next call reconnects.
+    url = f"{schema_url}&application_name=cidx-nocheck&pool_max=1&check_connections=false"
+    with open_persistence(url) as store:
+        store.save_job(job("job-1"))
+        assert _terminate(admin, "cidx-nocheck", wait=True) == 1
+        with pytest.raises(StorageOutcomeUnknownError) as raised:
+            store.update_job_progress("job-1", 10)
+        assert isinstance(raised.value.__cause__, psycopg.Error)
+        assert store.update_job_progress("job-1", 20)
 
 
 def test_killed_connections_are_replaced_even_when_all_die(schema_url: str, admin: Any) -> None:
@@ -390,3 +417,137 @@ def test_a_password_of_the_wrong_type_is_not_printed() -> None:
             {"backend": "postgresql", "host": "127.0.0.1", "port": 1, "password": 12345678}
         )
     assert "12345678" not in str(caught.value)
+
+
+def test_an_infinite_time_stored_by_hand_is_corrupt_data_naming_the_job(
+    schema_url: str, admin: Any
+) -> None:
+    schema = _schema(schema_url)
+    with open_persistence(schema_url) as store:
+        store.save_job(job("job-inf"))
+        store.save_job(job("job-ok"))
+        store.save_checkpoint("job-ok", "indexing", {"files": 1})
+        admin.execute(
+            f"UPDATE \"{schema}\".sync_jobs SET completed_at = 'infinity' WHERE id = 'job-inf'"
+        )
+        admin.execute(
+            f"UPDATE \"{schema}\".job_checkpoints SET created_at = '-infinity' "
+            "WHERE job_id = 'job-ok'"
+        )
+        with pytest.raises(StorageCorruptError, match="job-inf") as raised:
+            store.load_job("job-inf")
+        assert "completed_at is infinity" in str(raised.value)
+        with pytest.raises(StorageCorruptError, match="job-inf"):
+            store.query_jobs()
+        with pytest.raises(StorageCorruptError, match="created_at is -infinity"):
+            store.storage.get_checkpoint("job-ok", "indexing")
+        with pytest.raises(StorageCorruptError, match="job-ok"):
+            store.list_checkpoints("job-ok")
+        assert store.load_checkpoint("job-ok", "indexing") == {"files": 1}  # no time read
+        loaded = store.load_job("job-ok")  # the other rows stay readable
+        assert loaded is not None
+
+
+@pytest.mark.parametrize("text", ['{"a": 1}garbage', '{"a": 1} ', "[1]", ""])
+def test_metadata_that_is_not_one_json_object_is_corrupt_data(
+    schema_url: str, admin: Any, text: str
+) -> None:
+    with open_persistence(schema_url) as store:
+        store.save_job(job("job-1", metadata={"a": 1}))
+        admin.execute(
+            f'UPDATE "{_schema(schema_url)}".sync_jobs SET metadata = %s WHERE id = %s',
+            (text, "job-1"),
+        )
+        with pytest.raises(StorageCorruptError, match="job-1"):
+            store.load_job("job-1")
+
+
+def test_checkpoint_data_with_trailing_text_is_corrupt_data(schema_url: str, admin: Any) -> None:
+    with open_persistence(schema_url) as store:
+        store.save_job(job("job-1"))
+        store.save_checkpoint("job-1", "indexing", {"files": 1})
+        admin.execute(
+            f'UPDATE "{_schema(schema_url)}".job_checkpoints SET data = data || %s',
+            ('{"more": 2}',),
+        )
+        with pytest.raises(StorageCorruptError, match="after its value"):
+            store.load_checkpoint("job-1", "indexing")
+
+
+def test_a_block_whose_statement_failed_unseen_is_not_reported_committed(
+    schema_url: str,
+) -> None:
+    # A statement of the block failed on the server but its error never reached the
+    # storage (here: run behind its back and caught): COMMIT then answers ROLLBACK without
+    # raising, and the block must not pass for committed.
+    with open_persistence(schema_url) as store:
+        storage = store.storage
+        assert isinstance(storage, PostgresStorage)
+        with pytest.raises(StorageError, match="rolled the transaction back") as raised:
+            with storage.transaction():
+                storage.insert_job(job("job-1"), "{}")
+                conn = storage._runner._state.conn
+                assert conn is not None
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    conn.execute("SELECT 1 / 0")
+        assert not isinstance(raised.value, StorageOutcomeUnknownError)
+        assert store.load_job("job-1") is None
+        assert store.save_job(job("job-2"))  # the connection went back clean
+
+
+def test_a_connection_lost_while_commit_runs_is_outcome_unknown(
+    schema_url: str, admin: Any
+) -> None:
+    # A deferred constraint trigger makes COMMIT itself take a while on the server, so the
+    # session is killed while the COMMIT is in flight (not before it is sent).
+    schema = _schema(schema_url)
+    with open_persistence(f"{schema_url}&application_name=cidx-incommit&pool_max=1") as store:
+        admin.execute(
+            f'CREATE FUNCTION "{schema}".slow_commit() RETURNS trigger LANGUAGE plpgsql AS '
+            "$$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$"
+        )
+        admin.execute(
+            f'CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON "{schema}".sync_jobs '
+            f'DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "{schema}".slow_commit()'
+        )
+        outcome: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                with store.transaction():
+                    store.save_job(job("job-1"))
+            except BaseException as error:
+                outcome.append(error)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            row = admin.execute(
+                "SELECT query FROM pg_stat_activity WHERE application_name = 'cidx-incommit' "
+                "AND state = 'active'"
+            ).fetchone()
+            if row is not None and row[0] == "COMMIT":
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the block's COMMIT never ran")
+        assert _terminate(admin, "cidx-incommit") == 1
+        writer.join(timeout=30)
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], StorageOutcomeUnknownError), outcome
+        assert "may or may not be stored" in str(outcome[0])
+        admin.execute(f'DROP TRIGGER slow_commit ON "{schema}".sync_jobs')
+        assert store.load_job("job-1") is None  # killed before the commit finished
+        assert store.save_job(job("job-2"))
+
+
+@pytest.mark.parametrize(
+    "schema", ['x"; DROP TABLE users; --', "Public", "public", "pg_catalog", "a-b", ""]
+)
+def test_drop_schema_refuses_what_is_not_a_schema_of_ours(postgres_url: str, schema: str) -> None:
+    from cidx_jobs.errors import ConfigError
+    from cidx_jobs_postgres._plugin import drop_schema
+
+    with pytest.raises(ConfigError, match="drop_schema"):
+        drop_schema(postgres_url, schema)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -35,6 +36,13 @@ NOWHERE = "postgresql://postgres@127.0.0.1:1/test"
         ("application_name=caf%C3%A9", "application_name"),
         ("prepare_threshold=sometimes", "prepare_threshold"),
         ("migrate=maybe", "migrate"),
+        ("check_connections=sometimes", "check_connections"),
+        ("keepalives=perhaps", "keepalives"),
+        ("keepalives_idle=0", "keepalives_idle"),
+        ("keepalives_interval=0", "keepalives_interval"),
+        ("keepalives_count=0", "keepalives_count"),
+        ("keepalives_count=101", "keepalives_count"),
+        ("tcp_user_timeout_ms=-1", "tcp_user_timeout_ms"),
         ("pool_size=5", "pool_size"),
     ],
 )
@@ -58,6 +66,10 @@ def test_the_defaults() -> None:
     assert options.prepare_threshold == 5
     assert (options.statement_timeout_ms, options.lock_timeout_ms) == (30_000, 5_000)
     assert options.migrate is True
+    assert options.check_connections is True
+    assert (options.keepalives, options.keepalives_idle) == (True, 10)
+    assert (options.keepalives_interval, options.keepalives_count) == (5, 3)
+    assert options.tcp_user_timeout_ms == 30_000
     assert "secret" not in repr(PostgresOptions.parse({}, database="db", password="secret"))
 
 
@@ -148,3 +160,79 @@ def test_max_concurrency_is_the_pools_max_size(schema_url: str, query: str, size
         assert isinstance(storage, PostgresStorage)
         assert storage.max_concurrency() == size
         assert storage._runner._get_pool().max_size == size
+
+
+def _application_names(admin: Any, store: JobPersistence) -> set[str]:
+    storage = store.storage
+    assert isinstance(storage, PostgresStorage)
+    pid = storage._runner.run(ONE, "SELECT pg_backend_pid()", (), "reading the pid")[0]
+    rows = admin.execute(
+        "SELECT application_name FROM pg_stat_activity WHERE pid = %s", (pid,)
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
+def test_the_application_name_is_the_owner_id_by_default(schema_url: str, admin: Any) -> None:
+    with open_persistence(f"{schema_url}&owner_id=worker-7") as store:
+        assert store.owner_id.startswith("worker-7:")
+        assert _application_names(admin, store) == {store.owner_id}
+    # An owner id longer than PostgreSQL keeps is cut to its 63 bytes, not refused.
+    with open_persistence(f"{schema_url}&owner_id={'h' * 70}") as store:
+        assert _application_names(admin, store) == {store.owner_id[:63]}
+    # The option wins over the owner id.
+    with open_persistence(f"{schema_url}&owner_id=worker-7&application_name=cidx-app") as store:
+        assert _application_names(admin, store) == {"cidx-app"}
+
+
+def test_without_an_owner_id_the_application_name_names_host_and_process() -> None:
+    options = PostgresOptions.parse({}, database="db")
+    assert options.connect_kwargs("cidx-jobs here:1")["application_name"] == "cidx-jobs here:1"
+    owned = PostgresOptions.parse({}, database="db", owner_id="h\u00e9:" + "x" * 70)
+    name = owned.connect_kwargs("unused")["application_name"]
+    assert len(name.encode()) <= 63
+    assert name.startswith("h\u00e9:x")
+
+
+def test_tcp_keepalives_and_user_timeout_reach_the_socket(schema_url: str) -> None:
+    import socket
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads the socket options of Linux")
+    for query, expected in (
+        ("", (1, 10, 5, 3, 30_000)),
+        (
+            "&keepalives_idle=7&keepalives_interval=2&keepalives_count=4&tcp_user_timeout_ms=9000",
+            (1, 7, 2, 4, 9_000),
+        ),
+    ):
+        with open_persistence(f"{schema_url}&pool_max=1{query}") as store:
+            storage = store.storage
+            assert isinstance(storage, PostgresStorage)
+            pool, conn = storage._runner._acquire("testing")
+            try:
+                # What the kernel applies to this connection's socket, not what was asked.
+                probe = socket.socket(fileno=os.dup(conn.pgconn.socket))
+                try:
+                    found = (
+                        probe.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                        probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                        probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                        probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                        probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                    )
+                finally:
+                    probe.close()  # the duplicate only: the connection stays open
+            finally:
+                pool.putconn(conn)
+        assert found == expected, query
+
+
+def test_keepalives_off_leaves_the_socket_alone() -> None:
+    options = PostgresOptions.parse(
+        {"keepalives": "false", "tcp_user_timeout_ms": 0}, database="db"
+    )
+    kwargs = options.connect_kwargs("x")
+    assert kwargs["keepalives"] == 0
+    assert "keepalives_idle" not in kwargs
+    assert "tcp_user_timeout" not in kwargs

@@ -109,3 +109,19 @@ def test_a_users_page_of_several_statuses_reads_one_index_range_per_status(
     # Each range stops at offset + limit rows: the sort above them sorts at most 2 x 24.
     limits = [node for node in _nodes(plan) if node["Node Type"] == "Limit"]
     assert len(limits) == 3, plan
+
+
+def test_the_stale_job_lookup_reads_the_partial_index_not_the_table(
+    loaded: tuple[PostgresStorage, str], admin: Any
+) -> None:
+    # Two in five jobs here are active, the share at which the planner used to read the
+    # whole table (a Seq Scan over every finished job) rather than the lease index.
+    storage, _ = loaded
+    for before in (datetime(2025, 1, 2, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC)):
+        plan = _plan(admin, storage._sql.find_stale, ["host:1:x", before, 100])
+        kinds = {node["Node Type"] for node in _nodes(plan)}
+        assert "Seq Scan" not in kinds, plan
+        assert "Sort" not in kinds, plan
+        assert any(node.get("Index Name") == "sync_jobs_active_owner" for node in _nodes(plan)), (
+            plan
+        )

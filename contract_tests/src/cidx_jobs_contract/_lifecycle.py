@@ -351,6 +351,47 @@ class LifecycleContract(StoreFixtures):
         # A heartbeat of the stopped store, had it gone on, renews nothing it gave away.
         assert store.heartbeat() == 0
 
+    def test_a_released_job_is_resumed_by_the_next_recovery_of_any_store(
+        self, store: JobPersistence, store_settings: StoreSettings, clock: ManualClock
+    ) -> None:
+        """release_job() gives one claimed job up: its lease's writes are refused, this
+        store's heartbeat no longer keeps it, and the next recovery, even this store's own
+        and with a long lease timeout, resumes it from its checkpoint, exactly once."""
+        store.save_job(SyncJob(id="given-up", user_id="u", project_id="p"))
+        store.save_job(SyncJob(id="kept", user_id="u", project_id="p"))
+        lease = store.claim_job("given-up")
+        kept = store.claim_job("kept")
+        assert lease is not None
+        assert kept is not None
+        assert store.save_checkpoint("given-up", "clone", {"files": 2}, lease=lease)
+        clock.advance(timedelta(seconds=1))
+        released_at = clock()
+        store.release_job(lease)
+        job = store.load_job("given-up")
+        assert job is not None
+        assert job.status is JobStatus.INTERRUPTED
+        assert job.owner_id == f"{store.owner_id}:released"
+        assert job.heartbeat_at == EPOCH
+        assert job.completed_at == released_at, "retention counts from the release"
+        with pytest.raises(LeaseLostError):
+            store.update_job_progress("given-up", 50, "late", lease=lease)
+        with pytest.raises(LeaseLostError):
+            store.release_job(lease)
+        assert store.heartbeat() == 1, "only the job it still works"
+        assert store.load_job("given-up") == job
+        clock.advance(timedelta(seconds=1))
+        report = store.recover_interrupted_jobs(lease_timeout=timedelta(hours=1))
+        assert [point.job.id for point in report.interrupted] == ["given-up"]
+        assert report.interrupted[0].checkpoint is not None
+        assert report.interrupted[0].checkpoint.data == {"files": 2}
+        assert report.requeue == []
+        sibling = _sibling(store, store_settings, "sibling-host:3")
+        again = sibling.recover_interrupted_jobs(lease_timeout=timedelta(hours=1))
+        assert (again.interrupted, again.requeue) == ([], []), "taken once"
+        resumed = store.claim_job("given-up")
+        assert resumed is not None
+        assert store.update_job_progress("kept", 10, lease=kept), "the other claim is untouched"
+
     @requires("concurrent_threads")
     def test_concurrent_recoveries_of_several_stores_take_each_interrupted_job_once(
         self, store: JobPersistence, store_settings: StoreSettings, clock: ManualClock

@@ -124,6 +124,28 @@ class QueryContract(StoreFixtures):
             assert store.query_jobs(JobFilter(project_id=project, limit=1000)) == wanted
             assert store.count_jobs(JobFilter(project_id=project)) == len(wanted)
 
+    def test_filter_by_owner(self, store: JobPersistence) -> None:
+        owners = ("worker-1:7:aa", "worker-2:8:bb")
+        jobs = save_all(
+            store,
+            [
+                attrs.evolve(job, owner_id=owners[n % 2], heartbeat_at=at(n))
+                for n, job in enumerate(_dataset())
+            ],
+        )
+        for owner in owners:
+            wanted = newest_first([job for job in jobs if job.owner_id == owner])
+            assert wanted
+            assert store.query_jobs(JobFilter(owner_id=owner, limit=1000)) == wanted
+            assert store.count_jobs(JobFilter(owner_id=owner)) == len(wanted)
+            running = JobFilter(owner_id=owner, statuses={JobStatus.RUNNING}, limit=1000)
+            wanted_running = [job for job in wanted if job.status is JobStatus.RUNNING]
+            assert wanted_running
+            assert store.query_jobs(running) == wanted_running
+            assert store.count_jobs(running) == len(wanted_running)
+        assert store.query_jobs(JobFilter(owner_id="nobody")) == []
+        assert store.count_jobs(JobFilter(owner_id="nobody")) == 0
+
     def test_filter_by_one_status(self, store: JobPersistence) -> None:
         jobs = save_all(store, _dataset())
         for status in JobStatus:

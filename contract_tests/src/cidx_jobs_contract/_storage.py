@@ -77,6 +77,9 @@ class ForwardingStorage(Storage):
     def transaction(self) -> AbstractContextManager[None]:
         return self.inner.transaction()
 
+    def server_time(self) -> datetime:
+        return self.inner.server_time()
+
     def fault_injector(self) -> FaultInjector | None:
         return self.inner.fault_injector()
 

@@ -15,7 +15,10 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
+import logging
+import queue
 import threading
+import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -35,10 +38,24 @@ from ._models import (
 from ._persistence import JobPersistence
 from ._plugins import Hooks
 from .backend import Storage, StoreConfig
-from .errors import StorageUnavailableError, ValidationError
+from .errors import LeaseLostError, StorageUnavailableError, ValidationError
 
 T = TypeVar("T")
 
+logger = logging.getLogger("cidx_jobs")
+
+#: The methods that only read; they run on their own threads (see AsyncJobPersistence).
+_READS = frozenset(
+    {
+        "load_job",
+        "query_jobs",
+        "query_page",
+        "count_jobs",
+        "load_checkpoint",
+        "list_checkpoints",
+        "resume_point",
+    }
+)
 #: Threads for a storage that does not say how many calls it serves at once.
 DEFAULT_WORKERS = 4
 #: The most threads a store starts, whatever the storage says: each one is a thread that
@@ -70,7 +87,9 @@ class AsyncJobPersistence:
     (:meth:`~cidx_jobs.backend.Storage.max_concurrency`, else 4 threads), so the event
     loop never waits on a lock, an fsync or a round trip, and a burst of
     requests queues for the store's threads instead of asyncio's shared default
-    executor. Open one with :func:`open_async_persistence`::
+    executor. Reads (``load_*``, ``query_*``, ``count_jobs``, ``list_checkpoints``,
+    ``resume_point``) run on their own half of the threads, so writes queued
+    behind a lock (SQLite's one writer) never keep a status poll waiting. Open one with :func:`open_async_persistence`::
 
         async with open_async_persistence("sqlite:///var/lib/cidx/jobs.db") as store:
             await store.save_job(job)
@@ -87,6 +106,8 @@ class AsyncJobPersistence:
     call is atomic, as on the sync API, so nothing is left half-written, and
     the thread and its connection go back to the pool. Whether a cancelled
     write was stored is unknown to the cancelled task; read the job to know.
+    A cancelled :meth:`claim_job` whose claim was stored releases the job
+    (:meth:`JobPersistence.release_job`), since no one holds its lease.
 
     **Closing** (:meth:`aclose`, or leaving ``async with``) refuses new calls
     with :class:`~cidx_jobs.errors.StorageUnavailableError`, waits for every
@@ -109,7 +130,8 @@ class AsyncJobPersistence:
         self._sync: JobPersistence | None = store
         self._opener: Callable[[], JobPersistence] | None = None
         self._max_workers = max_workers
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._writers: _Lane | None = None
+        self._readers: _Lane | None = None
         self._workers = 0
         self._closed = False
         self._lock = threading.Lock()
@@ -125,7 +147,8 @@ class AsyncJobPersistence:
         self._sync = None
         self._opener = opener
         self._max_workers = max_workers
-        self._executor = None
+        self._writers = None
+        self._readers = None
         self._workers = 0
         self._closed = False
         self._lock = threading.Lock()
@@ -135,9 +158,13 @@ class AsyncJobPersistence:
 
     def _start(self, store: JobPersistence) -> None:
         self._workers = _worker_count(store.storage, self._max_workers)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._workers, thread_name_prefix="cidx-jobs"
-        )
+        # Two lanes over the storage's connections: writes may queue behind a lock (SQLite
+        # has one writer), and a burst of them holding every thread would keep each read
+        # (a status poll) waiting for as long. Reads keep a quarter of the threads (at least
+        # one), writes the rest, so a server backend still runs most writes at once.
+        readers = max(1, self._workers // 4)
+        self._writers = _Lane(max(1, self._workers - readers), "cidx-jobs")
+        self._readers = _Lane(readers, "cidx-jobs-read") if self._workers > 1 else self._writers
         self._sync = store
 
     # -- opening and closing -----------------------------------------------------------
@@ -190,7 +217,7 @@ class AsyncJobPersistence:
                 # a task of this loop: a cancelled aclose() must not stop the closing half-way.
                 threading.Thread(
                     target=_close,
-                    args=(self._closing, self._executor, self._sync),
+                    args=(self._closing, (self._writers, self._readers), self._sync),
                     name="cidx-jobs-close",
                     daemon=True,
                 ).start()
@@ -245,6 +272,20 @@ class AsyncJobPersistence:
         """This store's owner id, for job leases (see :attr:`JobPersistence.owner_id`)."""
         return self.sync.owner_id
 
+    def now(self) -> datetime:
+        """:meth:`JobPersistence.now`: the current time as this store writes it (no I/O, so
+        not a coroutine).
+
+        :raises StorageUnavailableError: the store is not open yet.
+        """
+        return self.sync.now()
+
+    @property
+    def uses_server_clock(self) -> bool:
+        """Whether the store writes the database server's time (see
+        :attr:`JobPersistence.uses_server_clock`)."""
+        return self.sync.uses_server_clock
+
     @property
     def max_workers(self) -> int:
         """How many calls run at once (the size of the store's thread pool); 0 before open."""
@@ -259,23 +300,37 @@ class AsyncJobPersistence:
 
     async def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # By name, so that a subclass's override of the sync method is the one that runs.
-        return await self._run(getattr(self.sync, method.__name__), *args, **kwargs)
+        name = method.__name__
+        return await self._submit(
+            getattr(self.sync, name), args, kwargs, lane=self._readers if name in _READS else None
+        )
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        executor = self._executor
-        if self._closed or executor is None:
+        return await self._submit(fn, args, kwargs)
+
+    def _submit(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        lane: _Lane | None = None,
+        receipt: _Receipt | None = None,
+        orphan: Callable[[Any], None] | None = None,
+    ) -> asyncio.Future[T]:
+        lane = lane if lane is not None else self._writers
+        if self._closed or lane is None:
             raise StorageUnavailableError(
                 "the async job store is closed; open a new one"
                 if self._closed
                 else "the async job store is not open: use `async with` or `await store.open()`"
             )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
         # The caller's context variables (a request id in the log records) follow the call.
         run = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-        try:
-            future = executor.submit(run)
-        except RuntimeError:  # shut down between the check and the submit
-            raise StorageUnavailableError("the async job store is closed; open a new one") from None
-        return await asyncio.wrap_future(future)
+        lane.submit(loop, future, run, receipt, orphan)
+        return future
 
     async def run_in_transaction(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(store, *args, **kwargs)`` in one transaction, on one thread; return its
@@ -354,8 +409,29 @@ class AsyncJobPersistence:
         *,
         expected: JobStatus | str | Iterable[JobStatus | str] | None = None,
     ) -> Lease | None:
-        """:meth:`JobPersistence.claim_job`, awaited; it raises what that raises."""
-        return await self._call(JobPersistence.claim_job, job_id, expected=expected)
+        """:meth:`JobPersistence.claim_job`, awaited; it raises what that raises.
+
+        A task cancelled while the claim runs on its thread never gets the lease,
+        so no one would work the job: when such a claim succeeds, the store
+        gives the job up at once with :meth:`JobPersistence.release_job`, and
+        the next recovery (of any store) resumes it.
+        """
+        sync = self.sync
+        receipt = _Receipt()
+        future = self._submit(
+            sync.claim_job,
+            (job_id,),
+            {"expected": expected},
+            receipt=receipt,
+            orphan=functools.partial(_release_orphan, sync),
+        )
+        try:
+            lease = await future
+        except BaseException:  # cancelled, also just after the lease arrived, or failed
+            receipt.answer(False)
+            raise
+        receipt.answer(True)
+        return lease
 
     async def query_jobs(self, filter: JobFilter | None = None) -> list[SyncJob]:
         """:meth:`JobPersistence.query_jobs`, awaited; it raises what that raises."""
@@ -413,19 +489,209 @@ class AsyncJobPersistence:
         """:meth:`JobPersistence.recover_interrupted_jobs`, awaited; it raises what that raises."""
         return await self._call(JobPersistence.recover_interrupted_jobs, lease_timeout)
 
+    async def release_job(self, lease: Lease) -> None:
+        """:meth:`JobPersistence.release_job`, awaited; it raises what that raises."""
+        return await self._call(JobPersistence.release_job, lease)
+
     async def hand_over_jobs(self) -> int:
         """:meth:`JobPersistence.hand_over_jobs`, awaited; it raises what that raises."""
         return await self._call(JobPersistence.hand_over_jobs)
 
 
+#: How long a claim's thread waits for its task to say whether it took the lease; past it the
+#: loop is taken for stopped and the job is released (a task that takes the lease later
+#: still cannot write: its first fenced write raises LeaseLostError).
+_RECEIPT_TIMEOUT = 10.0
+
+
+class _Receipt:
+    """Whether the task that made a call took its result. The call's thread waits for the
+    answer before it takes another call, so a result that must not be dropped (a claim's
+    lease) is released there, before the store can close, when no task took it."""
+
+    __slots__ = ("_answered", "taken")
+
+    def __init__(self) -> None:
+        self._answered = threading.Event()
+        self.taken = False
+
+    def answer(self, taken: bool) -> None:
+        """Record the first answer; later ones change nothing."""
+        if not self._answered.is_set():
+            self.taken = taken
+            self._answered.set()
+
+    def taken_within(self, timeout: float) -> bool:
+        """Wait for the answer: ``True`` if the task took the result in time."""
+        return self._answered.wait(timeout) and self.taken
+
+
+_Item = tuple[
+    asyncio.AbstractEventLoop,
+    "asyncio.Future[Any]",
+    Callable[[], Any],
+    "_Receipt | None",
+    "Callable[[Any], None] | None",
+]
+
+
+class _Lane:
+    """Threads that run a store's calls in the order they come, each call's outcome handed to
+    the caller's asyncio future with one ``call_soon_threadsafe``.
+
+    Lighter than a ThreadPoolExecutor under ``asyncio.wrap_future``, which has a concurrent
+    Future with its condition variable and chained callbacks per call (docs/performance.md,
+    "Async API"). The threads hold only the queue, so a lane that is dropped without
+    :meth:`shutdown` (a store never closed) is collected and its finalizer stops them.
+
+    A call whose future is cancelled before a thread takes it never runs (as far as a thread
+    can tell: the future is the loop's, read here without a lock); one that ran delivers its
+    outcome. A call with a receipt (a claim) waits for its task's answer, and when no task
+    took its result, the thread passes it to the call's ``orphan`` function.
+    """
+
+    __slots__ = ("__weakref__", "_closed", "_lock", "_queue", "_threads")
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        # Daemons, as nothing else would stop them at exit for a store never closed; a call
+        # cut off there is one whose caller's loop is gone, so no caller was told it was done.
+        self._threads = [
+            threading.Thread(target=_work, args=(self._queue,), name=f"{name}-{n}", daemon=True)
+            for n in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+        weakref.finalize(self, _stop, self._queue, workers)
+
+    def submit(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Any],
+        fn: Callable[[], Any],
+        receipt: _Receipt | None = None,
+        orphan: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Queue ``fn``; its outcome goes to ``future``, on ``loop``.
+
+        :raises StorageUnavailableError: the lane was shut down.
+        """
+        with self._lock:  # so that nothing is queued behind the threads' stop marks
+            if self._closed:
+                raise StorageUnavailableError("the async job store is closed; open a new one")
+            self._queue.put((loop, future, fn, receipt, orphan))
+
+    def shutdown(self) -> None:
+        """Run what is queued, then stop the threads and wait for them."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                _stop(self._queue, len(self._threads))
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
+
+
+def _stop(tasks: queue.SimpleQueue[_Item | None], workers: int) -> None:
+    for _ in range(workers):
+        tasks.put(None)
+
+
+def _work(tasks: queue.SimpleQueue[_Item | None]) -> None:
+    while (item := tasks.get()) is not None:
+        try:
+            _run(*item)
+        except BaseException:  # a thread of the lane must outlive any one call
+            logger.exception("a call of the async job store failed outside its caller")
+        del item  # no reference to the last call while the thread waits for the next
+
+
+def _run(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    fn: Callable[[], Any],
+    receipt: _Receipt | None,
+    orphan: Callable[[Any], None] | None,
+) -> None:
+    if future.cancelled():
+        return
+    result: Any = None
+    error: BaseException | None = None
+    try:
+        result = fn()
+    except BaseException as caught:  # handed to the awaiting task, as a thread would
+        error = caught
+    try:
+        loop.call_soon_threadsafe(_settle, future, result, error, receipt)
+    except RuntimeError:  # the loop is closed: no task can take the outcome
+        if receipt is not None:
+            receipt.answer(False)
+    if receipt is None or orphan is None or error is not None or result is None:
+        return
+    if not receipt.taken_within(_RECEIPT_TIMEOUT):
+        orphan(result)
+
+
+def _settle(
+    future: asyncio.Future[Any],
+    result: Any,
+    error: BaseException | None,
+    receipt: _Receipt | None,
+) -> None:
+    if future.cancelled():
+        if receipt is not None:
+            receipt.answer(False)
+        return
+    if error is None:
+        future.set_result(result)
+        return
+    if isinstance(error, StopIteration):
+        # A future refuses StopIteration (it would end the awaiting coroutine silently).
+        wrapped = RuntimeError(f"the call raised StopIteration: {error!r}")
+        wrapped.__cause__ = error
+        error = wrapped
+    future.set_exception(error)
+
+
+def _release_orphan(store: JobPersistence, lease: Lease | None) -> None:
+    # On a store thread: aclose() waits for the release too.
+    if lease is None:
+        return
+    try:
+        store.release_job(lease)
+    except LeaseLostError:
+        logger.info(
+            "the task claiming job %s was cancelled; the job was cancelled or taken over "
+            "meanwhile, so there was nothing to release",
+            lease.job_id,
+        )
+    except Exception:
+        # Not lost: the job stays running under this store until hand_over_jobs() or, once
+        # the store is gone, the next recovery elsewhere.
+        logger.exception(
+            "a cancelled claim of job %s took its lease, and giving it up failed; the job "
+            "stays running under this store until it hands its jobs over",
+            lease.job_id,
+        )
+    else:
+        logger.warning(
+            "the task claiming job %s was cancelled after the claim was stored; the job was "
+            "released for the next recovery to resume",
+            lease.job_id,
+        )
+
+
 def _close(
     done: concurrent.futures.Future[None],
-    executor: concurrent.futures.ThreadPoolExecutor | None,
+    lanes: tuple[_Lane | None, ...],
     store: JobPersistence | None,
 ) -> None:
     try:
-        if executor is not None:
-            executor.shutdown(wait=True)
+        for lane in lanes:
+            if lane is not None:
+                lane.shutdown()
         if store is not None:
             store.close()
     except BaseException as error:  # handed to every aclose() that waits

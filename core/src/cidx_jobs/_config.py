@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import attrs
 
 from ._models import utcnow
-from ._validate import check_id
+from ._validate import MAX_OWNER_SETTING_LENGTH, check_id
 from .errors import ConfigError, ValidationError
 
 #: The environment variable :func:`~cidx_jobs.open_persistence` reads when given no configuration.
@@ -86,6 +86,12 @@ class StoreSettings:
                 check_id(value, "owner_id")
             except ValidationError as error:
                 raise ConfigError(f"owner_id is invalid: {error}", option="owner_id") from None
+            if len(value) > MAX_OWNER_SETTING_LENGTH:  # type: ignore[arg-type]  # a str now
+                raise ConfigError(
+                    f"owner_id is {len(value)} characters long; the limit is "  # type: ignore[arg-type]
+                    f"{MAX_OWNER_SETTING_LENGTH}, as each store adds a random part to it",
+                    option="owner_id",
+                )
 
     @retention.validator
     @checkpoint_max_age.validator
@@ -266,6 +272,10 @@ class BackendConfig:
     :ivar password: the URL's password, percent-decoded, or ``None``.
     :ivar options: the backend's own options, unparsed (from the URL's query
         string, or the mapping's other entries); read them with :meth:`reader`.
+    :ivar owner_id: the owner id of the store that will wrap this storage (its
+        :attr:`~cidx_jobs.JobPersistence.owner_id`), e.g. for a server backend's
+        connection name; ``None`` when the storage is built outside
+        :func:`~cidx_jobs.open_persistence`.
     """
 
     backend: str
@@ -276,6 +286,7 @@ class BackendConfig:
     port: int | None = None
     username: str | None = attrs.field(default=None, repr=False)
     password: str | None = attrs.field(default=None, repr=False)
+    owner_id: str | None = None
 
     def reader(self) -> Options:
         """A fresh :class:`Options` over this backend's options."""

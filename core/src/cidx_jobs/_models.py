@@ -374,6 +374,9 @@ class JobFilter:
     user_id: str | None = _optional_id("user_id")
     project_id: str | None = _optional_id("project_id")
     statuses: frozenset[JobStatus] | None = attrs.field(default=None, converter=_statuses)
+    #: Only the jobs whose lease this owner holds or held last
+    #: (:attr:`SyncJob.owner_id`), e.g. one worker's running jobs.
+    owner_id: str | None = _optional_id("owner_id")
     created_after: datetime | None = _optional_utc("created_after")
     created_before: datetime | None = _optional_utc("created_before")
     limit: int = _bounded_int("limit", 50, 1, MAX_LIMIT)
@@ -408,6 +411,7 @@ class JobFilter:
         return (
             (self.user_id is None or job.user_id == self.user_id)
             and (self.project_id is None or job.project_id == self.project_id)
+            and (self.owner_id is None or job.owner_id == self.owner_id)
             and (self.statuses is None or job.status in self.statuses)
             and (self.created_after is None or job.created_at >= self.created_after)
             and (self.created_before is None or job.created_at < self.created_before)
@@ -422,6 +426,7 @@ class JobFilter:
                 None if self.statuses is None else sorted(s.value for s in self.statuses),
                 None if self.created_after is None else self.created_after.isoformat(),
                 None if self.created_before is None else self.created_before.isoformat(),
+                *(() if self.owner_id is None else (self.owner_id,)),
             ]
         )
         return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()

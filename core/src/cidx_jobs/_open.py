@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ._config import BackendConfig, Options, StoreSettings, parse_config, read_settings
-from ._persistence import JobPersistence
+from ._persistence import JobPersistence, make_owner_id
 from ._plugins import Hooks
 from .backend import Backend, Storage
 from .errors import BackendNotFoundError, PluginError
@@ -40,6 +40,7 @@ def find_backend(
         username=common.get_str("username"),
         password=common.get_str("password"),
         options=common.remaining(),
+        owner_id=make_owner_id(store_settings),
     )
     return backend, backend_config, store_settings
 
@@ -76,7 +77,9 @@ def open_persistence(
             f"{type(storage).__name__}, not a cidx_jobs.backend.Storage"
         )
     try:
-        return JobPersistence(storage, hooks=hooks, settings=store_settings)
+        return JobPersistence(
+            storage, hooks=hooks, settings=store_settings, owner_id=backend_config.owner_id
+        )
     except BaseException:
         storage.close()
         raise

@@ -7,6 +7,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -27,10 +28,18 @@ from ._models import (
     ResumePoint,
     SyncJob,
     _before,
+    utcnow,
 )
 from ._plugins import Hooks
 from .backend import StatusChange, Storage
-from .errors import JobNotFoundError, LeaseLostError, PluginError, ValidationError
+from .errors import (
+    JobNotFoundError,
+    LeaseLostError,
+    PluginError,
+    StorageError,
+    UnsupportedOperationError,
+    ValidationError,
+)
 
 logger = logging.getLogger("cidx_jobs")
 
@@ -93,6 +102,64 @@ class _Local(threading.local):
     pending: list[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
 
 
+class _ServerClock:
+    """The database server's time between readings: the last reading plus the monotonic
+    time elapsed since (half the round trip is the reading's error)."""
+
+    __slots__ = ("_reading", "_storage")
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        #: (server time, monotonic time of the reading), replaced whole: readers need no lock.
+        self._reading: tuple[datetime, float] | None = None
+
+    @classmethod
+    def of(cls, storage: Storage) -> _ServerClock | None:
+        """The server clock of ``storage``, or ``None`` when it has none."""
+        clock = cls(storage)
+        try:
+            clock._read()
+        except UnsupportedOperationError:
+            return None
+        except StorageError:
+            # The server has a clock but did not answer now: the host's clock serves until a
+            # later reading succeeds.
+            logger.warning("could not read the database server's clock; using this host's")
+        return clock
+
+    def _read(self) -> None:
+        before = time.monotonic()
+        server = self._storage.server_time()
+        after = time.monotonic()
+        self._reading = (server, (before + after) / 2)
+
+    def refresh(self) -> None:
+        """Read the server's time again; on a storage failure keep the last reading."""
+        try:
+            self._read()
+        except StorageError:
+            logger.debug("could not read the database server's clock", exc_info=True)
+
+    def now(self) -> datetime:
+        """The server's time now, as well as this process knows it."""
+        reading = self._reading
+        if reading is None:
+            return utcnow()
+        return reading[0] + timedelta(seconds=time.monotonic() - reading[1])
+
+
+def make_owner_id(settings: StoreSettings | None = None) -> str:
+    """A new owner id for a store: the ``owner_id`` setting (by default host and
+    process, ``HOST:PID``), a colon and a random part.
+
+    The random part is never configured: a lease belongs to one incarnation, so
+    a worker restarted under the same name neither keeps its predecessor's jobs
+    alive with its heartbeats nor skips them when it recovers.
+    """
+    base = settings.owner_id if settings is not None else None
+    return f"{base or f'{socket.gethostname()}:{os.getpid()}'}:{secrets.token_hex(4)}"
+
+
 class JobPersistence:
     """The job store: what the server calls, whatever the backend.
 
@@ -116,15 +183,21 @@ class JobPersistence:
     :param hooks: the hooks to call; by default a fresh plugin manager with the
         installed plugins.
     :param settings: the common settings; by default :class:`StoreSettings`'s.
-    :raises ValidationError: ``storage`` is not a Storage.
+    :param owner_id: this store's exact owner id (:func:`~cidx_jobs.open_persistence`
+        passes the one it gave the backend in
+        :attr:`~cidx_jobs.backend.BackendConfig.owner_id`); by default a new one:
+        the ``owner_id`` setting (by default ``HOST:PID``), a colon and a random part.
+    :raises ValidationError: ``storage`` is not a Storage, or ``owner_id`` is not a valid id.
     """
 
     __slots__ = (
         "__weakref__",
         "_checkpoint_lock",
         "_checkpoint_times",
+        "_clock",
         "_hooks",
         "_local",
+        "_server_clock",
         "_settings",
         "_storage",
         "owner_id",
@@ -136,6 +209,7 @@ class JobPersistence:
         *,
         hooks: Hooks | None = None,
         settings: StoreSettings | None = None,
+        owner_id: str | None = None,
     ) -> None:
         if not isinstance(storage, Storage):
             raise ValidationError(
@@ -148,15 +222,25 @@ class JobPersistence:
         self._local = _Local()
         self._checkpoint_times: dict[tuple[str, str], datetime] = {}
         self._checkpoint_lock = threading.Lock()
-        #: Who this store instance is, for job leases: the ``owner_id`` setting (by default
-        #: host and process) and a random part. The random part is never configured: a
-        #: lease belongs to one incarnation, so a worker restarted under the same name
-        #: neither keeps its predecessor's jobs alive with its heartbeats nor skips them
-        #: when it recovers.
-        self.owner_id: str = (
-            f"{self._settings.owner_id or f'{socket.gethostname()}:{os.getpid()}'}"
-            f":{secrets.token_hex(4)}"
-        )
+        if owner_id is not None:
+            v.check_id(owner_id, "owner_id")
+            if len(owner_id) > v.MAX_OWNER_ID_LENGTH:
+                raise ValidationError(
+                    f"owner_id is {len(owner_id)} characters long; the limit is "
+                    f"{v.MAX_OWNER_ID_LENGTH}",
+                    field="owner_id",
+                )
+        # With the default clock and a database server, every time the store writes is the
+        # server's: the clocks of the hosts sharing it then need not agree for leases to hold.
+        self._server_clock: _ServerClock | None = None
+        self._clock: Callable[[], datetime] = self._settings.clock
+        if self._settings.clock is utcnow:
+            server_clock = _ServerClock.of(storage)
+            if server_clock is not None:
+                self._server_clock = server_clock
+                self._clock = server_clock.now
+        #: Who this store instance is, for job leases (see ``make_owner_id``).
+        self.owner_id: str = owner_id if owner_id is not None else make_owner_id(self._settings)
 
     @property
     def storage(self) -> Storage:
@@ -338,6 +422,42 @@ class JobPersistence:
             return None
         self._emit(self._hooks.status_changed, job_id, JobStatus.RUNNING, None, now)
         return Lease(job_id=job_id, owner_id=self.owner_id, token=token, claimed_at=now)
+
+    def release_job(self, lease: Lease) -> None:
+        """Give a claimed job up without finishing it, so that the next recovery of any store
+        (this one included) resumes it at once.
+
+        In one transaction the job, still running under ``lease``, becomes
+        ``interrupted`` (the lease's fenced writes then raise
+        :class:`~cidx_jobs.errors.LeaseLostError`) and its lease passes to a
+        marker owner, ``<owner_id>:released``, that has already expired: this
+        store's :meth:`heartbeat` does not keep it, and the next
+        :meth:`recover_interrupted_jobs` anywhere takes it with its checkpoint,
+        whatever its ``lease_timeout``. Use it for a job a worker will not
+        work after all (e.g. a claim whose requester went away:
+        ``AsyncJobPersistence.claim_job()`` does this for a cancelled claim). Fires ``cidx_jobs_status_changed``.
+
+        :raises ValidationError: ``lease`` is not a Lease.
+        :raises LeaseLostError: the job no longer runs under ``lease``; nothing was changed.
+        """
+        if not isinstance(lease, Lease):
+            raise ValidationError(
+                f"lease must be a Lease from claim_job(), got {type(lease).__name__}",
+                field="lease",
+            )
+        released = f"{self.owner_id}{v.RELEASED_SUFFIX}"
+        with self.transaction():
+            self.update_job_status(lease.job_id, JobStatus.INTERRUPTED, lease=lease)
+            job = self._storage.get_job(lease.job_id)
+            # Inside the block nothing else can change the job between the two writes; a
+            # storage that says otherwise has broken its transaction promise.
+            if job is None or not self._storage.take_over(
+                job, JobStatus.INTERRUPTED, released, self._now()
+            ):
+                raise StorageError(f"job {lease.job_id!r} changed inside a transaction block")
+            # Expired by the heartbeat alone: completed_at (the retention's start) stays now.
+            self._storage.renew_leases(released, _LONG_AGO)
+        logger.info("released job %s for recovery to resume", lease.job_id)
 
     def query_jobs(self, filter: JobFilter | None = None) -> list[SyncJob]:
         """The jobs matching ``filter``, newest first; an empty list when none match.
@@ -565,8 +685,35 @@ class JobPersistence:
 
         Call it more often than the ``lease_timeout`` that
         :meth:`recover_interrupted_jobs` uses, e.g. from the worker's progress loop.
+        On a database server it also reads the server's clock again (see
+        :attr:`uses_server_clock`).
         """
+        if self._server_clock is not None:
+            self._server_clock.refresh()
         return self._storage.renew_leases(self.owner_id, self._now())
+
+    def now(self) -> datetime:
+        """The current time as this store writes it: the database server's when
+        :attr:`uses_server_clock`, else the settings' ``clock``. Pass it where a
+        caller computes a time the store compares with its own (e.g.
+        ``run_cleanup(now=...)``). It makes no call to the storage."""
+        return self._clock()
+
+    @property
+    def uses_server_clock(self) -> bool:
+        """Whether the times this store writes come from the database server's clock.
+
+        True when the settings' ``clock`` is the default one and the storage has
+        a server clock (:meth:`~cidx_jobs.backend.Storage.server_time`; PostgreSQL
+        has one, SQLite and memory do not). The store then reads the server's
+        time when it opens and at each :meth:`heartbeat` and recovery, and
+        between two readings adds the monotonic time elapsed since the last one:
+        heartbeats, lease expiry, ``started_at``, ``completed_at`` and cleanup
+        cutoffs of every host sharing the server follow one clock, and a step of
+        a host's own clock changes none of them. A failed reading keeps the last
+        one (with no reading yet, the host's clock serves).
+        """
+        return self._server_clock is not None
 
     def recover_interrupted_jobs(self, lease_timeout: timedelta | None = None) -> RecoveryReport:
         """Take over the jobs of owners whose lease expired; call it at server start, and
@@ -600,6 +747,8 @@ class JobPersistence:
             raise ValidationError(
                 "lease_timeout must be a positive timedelta", field="lease_timeout"
             )
+        if self._server_clock is not None:
+            self._server_clock.refresh()
         now = self._now()
         stale_before = _before(now, lease_timeout)
         interrupted: list[ResumePoint] = []
@@ -668,11 +817,14 @@ class JobPersistence:
         now = self._now()
         interrupted: list[str] = []
         page_filter: JobFilter | None = JobFilter(
-            statuses=frozenset({JobStatus.RUNNING}), limit=_RECOVERY_BATCH
+            statuses=frozenset({JobStatus.RUNNING}), owner_id=self.owner_id, limit=_RECOVERY_BATCH
         )
         while page_filter is not None:
             page = self.query_page(page_filter)
             for job in page.jobs:
+                # Filtered by owner in storage; checked again in case a third-party
+                # storage ignores the criterion (the take-over's compare-and-set would
+                # refuse another owner's job anyway).
                 if job.owner_id == self.owner_id and self._storage.take_over(
                     job, JobStatus.INTERRUPTED, self.owner_id, now
                 ):
@@ -734,7 +886,7 @@ class JobPersistence:
     # -- helpers -----------------------------------------------------------------------
 
     def _now(self) -> datetime:
-        return self._settings.clock()
+        return self._clock()
 
     def _check_lease(self, lease: object, job_id: str) -> str:
         if not isinstance(lease, Lease):

@@ -16,6 +16,12 @@ MAX_JSON_DEPTH = 64
 #: The longest job ``phase``, in characters: the same as an id, because a phase names a
 #: checkpoint phase, which is an id.
 MAX_PHASE_LENGTH = MAX_ID_LENGTH
+#: The marker owner of a released job is the store's owner id and ``:released``.
+RELEASED_SUFFIX = ":released"
+#: A store's owner id leaves room for that marker within the id limit.
+MAX_OWNER_ID_LENGTH = MAX_ID_LENGTH - len(RELEASED_SUFFIX)
+#: The ``owner_id`` setting leaves room for the random part (``:`` and 8 hex digits) too.
+MAX_OWNER_SETTING_LENGTH = MAX_OWNER_ID_LENGTH - 9
 #: The largest job ``error_message``, in bytes of UTF-8 (64 KiB): room for a long traceback,
 #: while a row and a log line stay small.
 MAX_ERROR_MESSAGE_BYTES = 64 * 1024

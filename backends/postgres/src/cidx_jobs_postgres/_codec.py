@@ -25,13 +25,40 @@ PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _INT8 = struct.Struct("!q")
 
 
+_INFINITY = 2**63 - 1
+_MINUS_INFINITY = -(2**63)
+
+
+class OutOfRange:
+    """A stored time that no ``datetime`` holds: ``infinity``, ``-infinity``, or a year
+    after 9999 (or before 1), written outside cidx-jobs. Decoding a row refuses it."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 class UtcTimestamptzLoader(Loader):
-    """``timestamptz`` in binary as an aware UTC datetime, exact to the microsecond."""
+    """``timestamptz`` in binary as an aware UTC datetime, exact to the microsecond; a time
+    outside years 1..9999 as an :class:`OutOfRange`, which the row's decoder refuses with
+    an error that names the row (a loader cannot: it sees one value)."""
 
     format = Format.BINARY
 
-    def load(self, data: Buffer) -> datetime:
-        return PG_EPOCH + timedelta(microseconds=_INT8.unpack(data)[0])
+    def load(self, data: Buffer) -> datetime | OutOfRange:
+        micros = _INT8.unpack(data)[0]
+        try:
+            return PG_EPOCH + timedelta(microseconds=micros)
+        except OverflowError:
+            if micros == _INFINITY:
+                return OutOfRange("infinity")
+            if micros == _MINUS_INFINITY:
+                return OutOfRange("-infinity")
+            return OutOfRange(f"{micros} microseconds from 2000-01-01, outside years 1 to 9999")
 
 
 #: The adapters every connection of this backend uses.
@@ -63,8 +90,24 @@ _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once
 
 
 def loads(text: str) -> Any:
-    """Decode JSON this backend stored."""
-    return _scan_json(text, 0)[0]
+    """Decode JSON this backend stored: one value and nothing after it.
+
+    :raises ValueError: the text is not one JSON value (the scanner alone would ignore
+        what follows the first value; it raises StopIteration for no value at all).
+    """
+    value, end = _scan_json(text, 0)
+    if end != len(text):
+        raise ValueError(f"the JSON text goes on for {len(text) - end} characters after its value")
+    return value
+
+
+def check_time(name: str, value: Any) -> None:
+    """Refuse a stored time no datetime holds (see :class:`OutOfRange`).
+
+    :raises ValueError: ``value`` is one.
+    """
+    if type(value) is OutOfRange:
+        raise ValueError(f"{name} is {value!r}, which cidx-jobs cannot represent")
 
 
 def job_params(job: SyncJob, metadata_json: str) -> tuple[Any, ...]:
@@ -103,6 +146,20 @@ def decode_job(row: tuple[Any, ...]) -> SyncJob:
         owner_id,
         heartbeat_at,
     ) = row
+    if OutOfRange in (type(created_at), type(started_at), type(completed_at), type(heartbeat_at)):
+        for name, value in (
+            ("created_at", created_at),
+            ("started_at", started_at),
+            ("completed_at", completed_at),
+            ("heartbeat_at", heartbeat_at),
+        ):
+            check_time(name, value)
+    if metadata == "{}":
+        job_metadata: dict[str, Any] = {}
+    else:
+        job_metadata = loads(metadata)
+        if type(job_metadata) is not dict:
+            raise ValueError(f"metadata is a {type(job_metadata).__name__}, not a JSON object")
     return _from_trusted(
         id=job_id,
         user_id=user_id,
@@ -114,7 +171,7 @@ def decode_job(row: tuple[Any, ...]) -> SyncJob:
         started_at=started_at,
         completed_at=completed_at,
         error_message=error_message,
-        metadata={} if metadata == "{}" else _scan_json(metadata, 0)[0],
+        metadata=job_metadata,
         owner_id=owner_id,
         heartbeat_at=heartbeat_at,
     )

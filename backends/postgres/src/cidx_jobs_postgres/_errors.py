@@ -34,8 +34,22 @@ _CORRUPT_STATES = frozenset({"XX001", "XX002"})
 _PERMISSION_STATES = frozenset({"42501", "28000", "28P01"})
 
 
-def _connect_failure(error: psycopg.Error, where: str) -> StorageError:
-    """A failure to open a session, classified by libpq's message (it has no SQLSTATE)."""
+#: The advice for a server that has no connection slot left.
+_SIZING = (
+    "every instance x worker x pool_max of all the stores on this server (plus the "
+    "administrators' sessions) must stay below its max_connections: lower pool_max, raise "
+    "max_connections (a server restart), or put PgBouncer in front. Retry later"
+)
+
+
+def _connect_failure(
+    error: psycopg.Error, where: str, *, pool_timeout: bool = False
+) -> StorageError:
+    """A failure to open a session, classified by libpq's message (it has no SQLSTATE).
+
+    :param pool_timeout: a call waited ``connect_timeout`` for the pool, whose last attempt
+        to connect failed with ``error``.
+    """
     text = str(error)
     if "password authentication failed" in text or "no password supplied" in text:
         return StoragePermissionError(
@@ -57,10 +71,26 @@ def _connect_failure(error: psycopg.Error, where: str) -> StorageError:
             f"{where}: the database does not exist ({_first_line(text)}); create it "
             "(createdb NAME, or CREATE DATABASE) or fix the database name in the URL's path"
         )
-    if "too many connections" in text or "remaining connection slots" in text:
+    if "too many connections for role" in text or "too many connections for database" in text:
         return StorageBusyError(
-            f"{where}: the server has no connection slot left ({_first_line(text)}); lower "
-            "pool_max or raise the server's max_connections"
+            f"{where}: the role or database is at its CONNECTION LIMIT ({_first_line(text)}); "
+            "raise it (ALTER ROLE ... CONNECTION LIMIT n) or lower pool_max: instances x "
+            "workers x pool_max must stay within it. Retry later"
+        )
+    if (
+        "too many clients" in text
+        or "too many connections" in text
+        or "remaining connection slots" in text
+    ):
+        return StorageBusyError(
+            f"{where}: the server has no connection slot left ({_first_line(text)}); {_SIZING}"
+        )
+    if pool_timeout:
+        return StorageUnavailableError(
+            f"{where}: the server is unreachable: the pool's attempts to connect fail "
+            f"({_first_line(text)}), and it keeps retrying in the background with a growing "
+            "delay. Check that the server runs and that host and port in the URL are right; "
+            "calls work again once it answers, without a restart"
         )
     return StorageUnavailableError(
         f"{where}: cannot connect to the server ({_first_line(text)}); check that it runs "
@@ -73,13 +103,20 @@ def _first_line(text: str) -> str:
 
 
 def translate(
-    error: BaseException, where: str, doing: str, *, committing: bool = False
+    error: BaseException,
+    where: str,
+    doing: str,
+    *,
+    committing: bool = False,
+    pool_timeout: bool = False,
 ) -> StorageError:
     """The cidx-jobs error for ``error``, which psycopg or its pool raised while ``doing``.
 
     :param where: the store, for the message (server, database, schema).
     :param committing: the error met a ``COMMIT`` that was sent: a lost connection then
         leaves the outcome unknown.
+    :param pool_timeout: ``error`` is the pool's last failure to connect, met by a call
+        that waited ``connect_timeout`` for a connection.
     """
     if isinstance(error, psycopg_pool.PoolTimeout):
         return StorageBusyError(
@@ -100,8 +137,12 @@ def translate(
                     f"({message}); the write may or may not be stored: read the job back "
                     "before repeating it"
                 )
-            if "connection failed" in str(error) or "connection to server" in str(error):
-                return _connect_failure(error, where)
+            if (
+                pool_timeout
+                or "connection failed" in str(error)
+                or "connection to server" in str(error)
+            ):
+                return _connect_failure(error, where, pool_timeout=pool_timeout)
             return StorageUnavailableError(
                 f"{where}: the connection was lost while {doing} ({message}); nothing was "
                 "written, and the next call uses a new connection"
@@ -122,6 +163,12 @@ def translate(
         return StorageBusyError(
             f"{where}: {doing}: {reason} ({message}); nothing was written (a transaction "
             "block is rolled back as a whole): retry later"
+        )
+    if state == "53300":
+        if "for role" in message or "for database" in message:
+            return _connect_failure(error, where)
+        return StorageBusyError(
+            f"{where}: {doing}: the server has no connection slot left ({message}); {_SIZING}"
         )
     if state == "25006":
         return StorageUnavailableError(

@@ -30,6 +30,21 @@ MAX_TIMEOUT_MS = 2_147_483_647
 #: PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes.
 MAX_APPLICATION_NAME = 63
 DEFAULT_PREPARE_THRESHOLD = 5
+#: TCP keepalives on every connection: an idle or waiting connection whose peer vanished
+#: silently (a partition, a host powered off) is found dead after about idle + interval x
+#: count seconds instead of the kernel's two hours.
+DEFAULT_KEEPALIVES_IDLE = 10
+DEFAULT_KEEPALIVES_INTERVAL = 5
+DEFAULT_KEEPALIVES_COUNT = 3
+#: How long data sent may stay unacknowledged before the kernel drops the connection
+#: (TCP_USER_TIMEOUT, Linux): the client-side limit of a call through a silent partition.
+DEFAULT_TCP_USER_TIMEOUT_MS = 30_000
+
+
+def owner_application_name(owner_id: str) -> str:
+    """``owner_id`` as an application_name: cut to PostgreSQL's 63 bytes (NAMEDATALEN - 1),
+    never inside a UTF-8 character."""
+    return owner_id.encode("utf-8")[:MAX_APPLICATION_NAME].decode("utf-8", "ignore")
 
 
 @attrs.frozen(kw_only=True)
@@ -58,12 +73,26 @@ class PostgresOptions:
     :ivar idle_in_transaction_timeout_ms: the server ends a session that stays idle inside
         a transaction this long (0 = never, default 60000), so a stalled worker cannot hold
         locks for ever.
-    :ivar application_name: shown in ``pg_stat_activity`` (default ``cidx-jobs HOST:PID``).
+    :ivar application_name: shown in ``pg_stat_activity`` (default: the owner id of the
+        store, cut to 63 bytes; ``cidx-jobs HOST:PID`` for a storage built outside
+        :func:`~cidx_jobs.open_persistence`).
     :ivar prepare_threshold: executions of a statement before psycopg prepares it on the
         server (default 5); ``none`` never prepares, which PgBouncer in transaction mode
         (before 1.21) needs.
     :ivar migrate: create or upgrade the schema at open (default true); ``false`` opens
         without changing anything.
+    :ivar check_connections: test a pooled connection before each call uses it (default
+        true): a session the server closed (killed, restarted) is replaced before a
+        statement is sent on it, instead of failing the call.
+    :ivar keepalives: TCP keepalives on each connection (default true).
+    :ivar keepalives_idle: seconds of silence before the first keepalive probe (default 10).
+    :ivar keepalives_interval: seconds between unanswered probes (default 5).
+    :ivar keepalives_count: unanswered probes before the connection is dropped (default 3).
+    :ivar tcp_user_timeout_ms: the longest sent data may stay unacknowledged before the
+        kernel drops the connection (default 30000; 0 = the kernel's default). With the
+        keepalives, the client-side limit of a call through a silent network partition.
+    :ivar owner_id: the owner id of the store that wraps the storage (from
+        :class:`~cidx_jobs.backend.BackendConfig`), not an option.
     """
 
     host: str | None = None
@@ -81,6 +110,13 @@ class PostgresOptions:
     application_name: str | None = None
     prepare_threshold: int | None = DEFAULT_PREPARE_THRESHOLD
     migrate: bool = True
+    check_connections: bool = True
+    keepalives: bool = True
+    keepalives_idle: int = DEFAULT_KEEPALIVES_IDLE
+    keepalives_interval: int = DEFAULT_KEEPALIVES_INTERVAL
+    keepalives_count: int = DEFAULT_KEEPALIVES_COUNT
+    tcp_user_timeout_ms: int = DEFAULT_TCP_USER_TIMEOUT_MS
+    owner_id: str | None = None
 
     @classmethod
     def from_config(cls, config: BackendConfig) -> PostgresOptions:
@@ -96,6 +132,7 @@ class PostgresOptions:
             user=config.username,
             password=config.password,
             database=config.path,
+            owner_id=config.owner_id,
         )
 
     @classmethod
@@ -108,8 +145,11 @@ class PostgresOptions:
         user: str | None = None,
         password: str | None = None,
         database: str | None = None,
+        owner_id: str | None = None,
     ) -> PostgresOptions:
         """Check the location and every option; an unknown option is refused.
+
+        :param owner_id: the owner id of the store, the default ``application_name``.
 
         :raises ConfigError: as :meth:`from_config`.
         """
@@ -157,6 +197,20 @@ class PostgresOptions:
             )
         prepare_threshold = _prepare_threshold(reader)
         migrate = reader.get_bool("migrate", True)
+        check_connections = reader.get_bool("check_connections", True)
+        keepalives = reader.get_bool("keepalives", True)
+        keepalives_idle = reader.get_int(
+            "keepalives_idle", DEFAULT_KEEPALIVES_IDLE, minimum=1, maximum=86_400
+        )
+        keepalives_interval = reader.get_int(
+            "keepalives_interval", DEFAULT_KEEPALIVES_INTERVAL, minimum=1, maximum=3_600
+        )
+        keepalives_count = reader.get_int(
+            "keepalives_count", DEFAULT_KEEPALIVES_COUNT, minimum=1, maximum=100
+        )
+        tcp_user_timeout_ms = reader.get_int(
+            "tcp_user_timeout_ms", DEFAULT_TCP_USER_TIMEOUT_MS, minimum=0, maximum=MAX_TIMEOUT_MS
+        )
         for name, value in (("host", host), ("username", user), ("password", password)):
             if value is not None and not isinstance(value, str):
                 # Never the password's value: messages end up in logs.
@@ -209,6 +263,13 @@ class PostgresOptions:
             application_name=application_name,
             prepare_threshold=prepare_threshold,
             migrate=migrate,
+            check_connections=check_connections,
+            keepalives=keepalives,
+            keepalives_idle=keepalives_idle,
+            keepalives_interval=keepalives_interval,
+            keepalives_count=keepalives_count,
+            tcp_user_timeout_ms=tcp_user_timeout_ms,
+            owner_id=owner_id if isinstance(owner_id, str) and owner_id else None,
         )
 
     @property
@@ -220,12 +281,29 @@ class PostgresOptions:
         return f"postgresql://{who}{host}:{port}/{self.database} (schema {self.schema})"
 
     def connect_kwargs(self, application_name: str) -> dict[str, Any]:
-        """The keyword arguments of ``psycopg.connect`` for this database."""
+        """The keyword arguments of ``psycopg.connect`` for this database.
+
+        :param application_name: the name when neither the option nor an owner id gives one.
+        """
+        if self.application_name:
+            name = self.application_name
+        elif self.owner_id:
+            name = owner_application_name(self.owner_id)
+        else:
+            name = application_name
         kwargs: dict[str, Any] = {
             "dbname": self.database,
             "connect_timeout": self.connect_timeout,
-            "application_name": self.application_name or application_name,
+            "application_name": name,
+            # libpq applies these to TCP connections and ignores them on a Unix socket.
+            "keepalives": 1 if self.keepalives else 0,
         }
+        if self.keepalives:
+            kwargs["keepalives_idle"] = self.keepalives_idle
+            kwargs["keepalives_interval"] = self.keepalives_interval
+            kwargs["keepalives_count"] = self.keepalives_count
+        if self.tcp_user_timeout_ms:
+            kwargs["tcp_user_timeout"] = self.tcp_user_timeout_ms
         for key, value in (
             ("host", self.host),
             ("port", self.port),

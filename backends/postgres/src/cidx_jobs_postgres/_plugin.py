@@ -128,8 +128,25 @@ def postgres_scratch(base: StoreConfig | None, workdir: Path) -> Iterator[StoreC
 def drop_schema(base: StoreConfig, schema: str) -> None:
     """Drop ``schema`` and everything in it, if it exists.
 
+    :raises ConfigError: ``schema`` is not a schema name this backend accepts (a
+        lower-case identifier, not ``pg_...``); nothing was connected.
     :raises StorageError: the server cannot be reached.
     """
+    from ._options import SCHEMA_NAME
+
+    if (
+        not isinstance(schema, str)
+        or not SCHEMA_NAME.fullmatch(schema)
+        or schema.startswith("pg_")
+        or schema in ("public", "information_schema")
+    ):
+        # The name is quoted into DROP SCHEMA ... CASCADE: never anything but a schema of ours.
+        raise ConfigError(
+            f"drop_schema() takes a schema name of this backend (a lower-case letter or _ "
+            f"followed by up to 62 lower-case letters, digits or _, not pg_..., public or "
+            f"information_schema), got {schema!r}",
+            option="schema",
+        )
     with _connect(base) as conn:
         # A store a test left open may hold a lock on a table: wait a while, not for ever.
         conn.execute("SET lock_timeout = '30s'")

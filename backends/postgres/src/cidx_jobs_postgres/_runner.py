@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -37,8 +38,9 @@ from ._options import PostgresOptions
 
 logger = logging.getLogger("cidx_jobs.postgres")
 
-#: What :meth:`Runner.run` returns: the first row, every row, the row count, nothing.
-ONE, ALL, ROWCOUNT, NONE = range(4)
+#: What :meth:`Runner.run` returns: the first row, every row, the row count, nothing, the
+#: command's status (``"COMMIT"``).
+ONE, ALL, ROWCOUNT, NONE, STATUS = range(5)
 _T = TypeVar("_T")
 #: Pools a forked child inherited from its parent (see Runner._get_pool).
 _INHERITED: list[object] = []
@@ -48,6 +50,38 @@ Execute = Callable[[int, str, Sequence[Any]], Any]
 class _ConnectionClosed(psycopg.OperationalError):
     """The connection was closed before a statement was sent: nothing reached the server
     (so a COMMIT that meets it has a known outcome: nothing committed)."""
+
+
+if hasattr(select, "poll"):
+
+    def _readable(fd: int) -> bool:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+
+else:  # pragma: no cover - Windows
+
+    def _readable(fd: int) -> bool:
+        return bool(select.select([fd], [], [], 0)[0])
+
+
+def _alive(conn: psycopg.Connection[Any]) -> bool:
+    """Whether a pooled connection is still open, without a round trip.
+
+    An idle session has nothing to say: a socket with something to read holds the
+    server's farewell (the FATAL error of a terminated session or of a shutdown) or its
+    end of file. Only then is it asked once more (an empty query, one round trip), which a
+    mere notice would pass.
+    """
+    if conn.closed:
+        return False
+    try:
+        if not _readable(conn.pgconn.socket):
+            return True
+        conn.execute("")
+    except (psycopg.Error, OSError, ValueError):
+        return False
+    return conn.info.transaction_status == pq.TransactionStatus.IDLE
 
 
 class _ThreadState(threading.local):
@@ -193,15 +227,35 @@ class Runner:
                 f"the job store {self.where} is closed; open a new one to go on"
             )
         pool = self._get_pool()
-        try:
-            return pool, pool.getconn()
-        except psycopg_pool.PoolTimeout as error:
-            failed = self._connect_error
-            if failed is not None and time.monotonic() - failed[0] < 2 * pool.timeout + 1:
-                raise translate(failed[1], self.where, doing) from failed[1]
-            raise translate(error, self.where, doing) from error
-        except psycopg_pool.PoolClosed as error:
-            raise StorageUnavailableError(f"the job store {self.where} is closed") from error
+        deadline = time.monotonic() + pool.timeout
+        # Every connection of the pool may be dead (a server restart): try each once, and
+        # one more that the pool makes meanwhile.
+        for _ in range(pool.max_size + 2):
+            try:
+                conn = pool.getconn(max(deadline - time.monotonic(), 0.0))
+            except psycopg_pool.PoolTimeout as error:
+                failed = self._connect_error
+                if failed is not None:
+                    # The pool's last attempt to connect failed and none succeeded since:
+                    # the server is unreachable (or refuses sessions), whatever the back-off
+                    # of the pool's retries made of the time since.
+                    raise translate(failed[1], self.where, doing, pool_timeout=True) from error
+                raise translate(error, self.where, doing) from error
+            except psycopg_pool.PoolClosed as error:
+                raise StorageUnavailableError(f"the job store {self.where} is closed") from error
+            if not self.options.check_connections or _alive(conn):
+                return pool, conn
+            # Closed by the server (killed, restarted, timed out) while it sat in the pool:
+            # nothing was sent on it, so take another instead of failing the call.
+            logger.info("discarding a pooled connection the server closed: %s", self.where)
+            conn.close()
+            with contextlib.suppress(psycopg_pool.PoolClosed):
+                pool.putconn(conn)
+            self._after_connection_loss(pool)
+        raise StorageUnavailableError(
+            f"{self.where}: {doing}: every pooled connection was closed by the server and no "
+            "new one lasted; check the server's log. Later calls reconnect"
+        )
 
     def _release(
         self,
@@ -310,6 +364,8 @@ class Runner:
             return cursor.fetchall()
         if mode == ROWCOUNT:
             return cursor.rowcount
+        if mode == STATUS:
+            return cursor.statusmessage
         return None
 
     def _run_in_block(
@@ -334,7 +390,19 @@ class Runner:
         self, pool: psycopg_pool.ConnectionPool[Any], conn: psycopg.Connection[Any], doing: str
     ) -> None:
         try:
-            self._execute(conn, NONE, sql_text.COMMIT, ())
+            failed = conn.info.transaction_status == pq.TransactionStatus.INERROR
+            status = self._execute(conn, STATUS, sql_text.COMMIT, ())
+            # COMMIT of a transaction the server aborted (a statement failed without the
+            # error reaching this code) does not raise: it rolls back and says ROLLBACK.
+            if failed or status != "COMMIT":
+                self._release(pool, conn)
+                raise StorageError(
+                    f"{self.where}: {doing}: the server rolled the transaction back instead "
+                    f"of committing it (COMMIT answered {status}: a statement in it "
+                    "had failed); nothing of it is stored: retry it"
+                )
+        except StorageError:
+            raise
         except BaseException as error:
             self._release(pool, conn, error)
             if isinstance(error, psycopg.Error):

@@ -91,11 +91,14 @@ class Statements:
         )
         # SKIP LOCKED: a job another recoverer is taking over right now (or whose owner is
         # renewing it) is not a candidate; NO KEY UPDATE, the lock take_over's UPDATE takes,
-        # does not block a checkpoint's KEY SHARE on the same job.
+        # does not block a checkpoint's KEY SHARE on the same job. ORDER BY the keys of the
+        # partial index sync_jobs_active_owner: its ordered scan, which holds only the leased
+        # jobs, then serves the LIMIT; without it, once leased jobs are a fair share of the
+        # table, the planner reads the whole table (with all its history) when none is stale.
         self.find_stale = (
             f"SELECT {JOB_COLUMNS_SQL} FROM {jobs} WHERE status IN {LEASED_SQL} "
             "AND owner_id IS DISTINCT FROM %s AND (heartbeat_at IS NULL OR heartbeat_at < %s) "
-            "LIMIT %s FOR NO KEY UPDATE SKIP LOCKED"
+            "ORDER BY owner_id, heartbeat_at LIMIT %s FOR NO KEY UPDATE SKIP LOCKED"
         )
         # A compare-and-set on the lease as find_stale read it (status included, so it takes
         # an active or an interrupted job alike); IS NOT DISTINCT FROM compares NULLs as equal.
@@ -121,7 +124,9 @@ class Statements:
         # never waits on it.
         self.cleanup_lock = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))"
         self.cleanup_lock_key = f"cidx_jobs cleanup {schema}"
-        self.server_time = "SELECT now()"
+        # The time of the reading, not now(): that is the start of the transaction, which a
+        # reading inside a long block would report as its time.
+        self.server_time = "SELECT clock_timestamp()"
         self.top_users = (
             f"SELECT user_id, count(*) FROM {jobs} GROUP BY user_id "
             "ORDER BY count(*) DESC, user_id LIMIT %s"
@@ -186,6 +191,9 @@ class Statements:
         if filter.project_id is not None:
             conditions.append("project_id = %s")
             params.append(filter.project_id)
+        if filter.owner_id is not None:
+            conditions.append("owner_id = %s")
+            params.append(filter.owner_id)
         if filter.created_after is not None:
             conditions.append("created_at >= %s")
             params.append(filter.created_after)

@@ -289,6 +289,7 @@ class PostgresStorage(Storage):
         if row is None:
             return None
         try:
+            _codec.check_time("created_at", row[1])
             return Checkpoint.from_trusted(
                 job_id=job_id, phase=phase, data=_codec.checkpoint_data(row[0]), created_at=row[1]
             )
@@ -309,6 +310,8 @@ class PostgresStorage(Storage):
     def get_checkpoints(self, job_id: str) -> list[Checkpoint]:
         rows = self._run(ALL, self._sql.select_checkpoints, (job_id,), "listing checkpoints")
         try:
+            for _, _, created_at in rows:
+                _codec.check_time("created_at", created_at)
             return [
                 Checkpoint.from_trusted(
                     job_id=job_id,
@@ -448,6 +451,12 @@ class PostgresStorage(Storage):
                 "lock_timeout_ms": str(options.lock_timeout_ms),
                 "idle_in_transaction_timeout_ms": str(options.idle_in_transaction_timeout_ms),
                 "prepare_threshold": str(options.prepare_threshold),
+                "check_connections": str(options.check_connections).lower(),
+                "keepalives": str(options.keepalives).lower(),
+                "keepalives_idle": str(options.keepalives_idle),
+                "keepalives_interval": str(options.keepalives_interval),
+                "keepalives_count": str(options.keepalives_count),
+                "tcp_user_timeout_ms": str(options.tcp_user_timeout_ms),
             },
         )
 

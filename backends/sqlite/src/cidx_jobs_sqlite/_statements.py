@@ -207,6 +207,8 @@ def _common_params(filter: JobFilter, after: tuple[datetime, str] | None) -> lis
         params.append(filter.user_id)
     if filter.project_id is not None:
         params.append(filter.project_id)
+    if filter.owner_id is not None:
+        params.append(filter.owner_id)
     if filter.created_after is not None:
         params.append(encode_time(filter.created_after))
     if filter.created_before is not None:
@@ -218,13 +220,15 @@ def _common_params(filter: JobFilter, after: tuple[datetime, str] | None) -> lis
 
 
 def _common_conditions(
-    user: bool, project: bool, created_after: bool, created_before: bool, keyset: bool
+    user: bool, project: bool, owner: bool, created_after: bool, created_before: bool, keyset: bool
 ) -> list[str]:
     conditions = []
     if user:
         conditions.append("user_id = ?")
     if project:
         conditions.append("project_id = ?")
+    if owner:
+        conditions.append("owner_id = ?")
     if created_after:
         conditions.append("created_at >= ?")
     if created_before:
@@ -246,6 +250,7 @@ def select_sql(
     created_before: bool,
     keyset: bool,
     statuses: int,
+    owner: bool = False,
 ) -> str:
     """The SELECT of one page for a filter of this shape.
 
@@ -254,7 +259,7 @@ def select_sql(
     with a filter could scan a user's whole history to find a rare status, and an
     IN list over the index would sort every match before the LIMIT applies.
     """
-    common = _common_conditions(user, project, created_after, created_before, keyset)
+    common = _common_conditions(user, project, owner, created_after, created_before, keyset)
     if statuses <= 1:
         conditions = (["status = ?"] if statuses == 1 else []) + common
         return (
@@ -284,6 +289,7 @@ def select_statement(
         filter.created_before is not None,
         after is not None,
         len(statuses),
+        filter.owner_id is not None,
     )
     params: list[Any] = []
     if len(statuses) > 1:
@@ -302,10 +308,15 @@ def select_statement(
 
 @functools.lru_cache(maxsize=128)
 def count_sql(
-    user: bool, project: bool, created_after: bool, created_before: bool, statuses: int
+    user: bool,
+    project: bool,
+    created_after: bool,
+    created_before: bool,
+    statuses: int,
+    owner: bool = False,
 ) -> str:
     """The count of the jobs that match a filter of this shape."""
-    conditions = _common_conditions(user, project, created_after, created_before, False)
+    conditions = _common_conditions(user, project, owner, created_after, created_before, False)
     if statuses == 1:
         conditions.insert(0, "status = ?")
     elif statuses > 1:
@@ -322,6 +333,7 @@ def count_statement(filter: JobFilter) -> tuple[str, list[Any]]:
         filter.created_after is not None,
         filter.created_before is not None,
         len(statuses),
+        filter.owner_id is not None,
     )
     return sql, [*statuses, *_common_params(filter, None)]
 

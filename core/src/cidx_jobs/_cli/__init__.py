@@ -45,7 +45,7 @@ BROKEN_PIPE = 141
 _DESCRIPTION = f"""\
 Durable job state for the CIDX server: the operator's tools.
 
-Every command but demo, info and salvage works on the store that --url names, or else
+Every command but demo, info, salvage and copy works on the store that --url names, or else
 {URL_ENV_VAR}: the same URL the server is configured with
 (e.g. sqlite:////var/lib/cidx/jobs.db). Commands never migrate the database
 (except migrate). Exit status: 0 ok, 1 problems found, 2 usage or configuration
@@ -239,11 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace TARGET if it is a database not in use"
     )
     salvage.add_argument("--json", action="store_true", help="write JSON instead of text")
+
+    from ._copy import add_parser as add_copy
+
+    add_copy(commands)
     return parser
 
 
 def _command(name: str) -> Callable[[argparse.Namespace, Output], int]:
-    from . import _commands
+    from . import _commands, _copy
 
     return {
         "list": _commands.cmd_list,
@@ -257,6 +261,7 @@ def _command(name: str) -> Callable[[argparse.Namespace, Output], int]:
         "doctor": _commands.cmd_doctor,
         "backup": _commands.cmd_backup,
         "salvage": _commands.cmd_salvage,
+        "copy": _copy.cmd_copy,
     }[name]
 
 

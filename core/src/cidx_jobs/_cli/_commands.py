@@ -246,7 +246,7 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
             raise CommandError(f"no job with id {args.id!r}: check the id (cidx-jobs list)")
         checkpoints = store.list_checkpoints(job.id)
         resume = store.resume_point(job.id) if job.status is JobStatus.INTERRUPTED else None
-        now = store.settings.clock()
+        now = store.now()
         timeout = _lease_timeout(args, store)
         lease, expired = _lease_state(job, now, timeout)
     if args.json:
@@ -315,7 +315,7 @@ def _oldest_active(store: JobPersistence) -> SyncJob | None:
 
 def _stale(store: JobPersistence, timeout: timedelta) -> list[SyncJob]:
     # A read: find_stale changes nothing; recovery's take_over is what takes a job.
-    before = store.settings.clock() - timeout
+    before = store.now() - timeout
     return store.storage.find_stale(before, store.owner_id, STALE_LIMIT)
 
 
@@ -339,7 +339,7 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
         stale = _stale(store, timeout)
         top = store.storage.top_users(args.top)
         info = _describe(store)
-        now = store.settings.clock()
+        now = store.now()
     storage: dict[str, Any]
     if isinstance(info, StorageInfo):
         storage = {
@@ -438,7 +438,7 @@ def _cutoff_rows(cutoffs: dict[JobStatus, datetime]) -> list[list[Cell | str]]:
 def cmd_cleanup(args: argparse.Namespace, out: Output) -> int:
     retention = None if args.retention_days is None else timedelta(days=args.retention_days)
     with _open(args, out, writes=not args.dry_run) as store:
-        now = store.settings.clock()
+        now = store.now()
         if args.dry_run or out.progress_bars:
             preview = store.run_cleanup(now, retention=retention, dry_run=True)
         if args.dry_run:
