@@ -1,6 +1,7 @@
 """Failures that need control of a whole server, on a private cluster these tests start
 themselves (``initdb`` and ``pg_ctl`` in a temporary folder, on a free port), never on the
-shared one: a server restart, a read-only server, a denied permission, a wrong password.
+shared one: a server restart, a read-only server, a denied permission, a wrong password, and a
+real full disk (a tablespace on a 1 MiB tmpfs).
 
 The server programs are found through ``pg_config --bindir``, on PATH, or in
 ``/usr/lib/postgresql/*/bin`` (Debian's layout, which puts neither on PATH). Where they are
@@ -24,7 +25,12 @@ import psycopg
 import pytest
 
 from cidx_jobs import SyncJob, open_persistence
-from cidx_jobs.errors import StorageBusyError, StoragePermissionError, StorageUnavailableError
+from cidx_jobs.errors import (
+    StorageBusyError,
+    StorageFullError,
+    StoragePermissionError,
+    StorageUnavailableError,
+)
 
 #: Each test starts a cluster of its own (initdb, pg_ctl): seconds each.
 pytestmark = pytest.mark.slow
@@ -258,3 +264,65 @@ def test_a_wrong_password_says_what_to_do(cluster: Cluster) -> None:
     cluster.sql("GRANT CREATE ON DATABASE postgres TO cidx_pw")
     with open_persistence(f"{right}?schema=pw") as store:
         assert store.save_job(job("job-1"))
+
+
+@contextlib.contextmanager
+def _small_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``folder``, owned by the server's user; unmounted after."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        _unavailable("a real full disk needs a tmpfs mount, and mounting needs root")
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        _unavailable(f"cannot mount a tmpfs for the full-disk test: {mounted.stderr.strip()}")
+    try:
+        shutil.chown(folder, "postgres", "postgres")
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_a_full_disk_on_the_server_is_typed_keeps_what_was_acknowledged_and_recovers(
+    cluster: Cluster,
+) -> None:
+    """The store's tables live in a tablespace on a 1 MiB tmpfs (the role's default), so the
+    server really runs out of space: the write that hits it raises StorageFullError, every
+    acknowledged job is still there, and once there is room again writes work, with no
+    restart of the server or the store."""
+    with _small_tmpfs(cluster.folder / "small", "1m") as small:
+        cluster.sql(f"CREATE TABLESPACE small LOCATION '{small}'")
+        cluster.sql("CREATE ROLE cidx_full LOGIN")
+        cluster.sql("GRANT CREATE ON TABLESPACE small TO cidx_full")
+        cluster.sql("GRANT CREATE ON DATABASE postgres TO cidx_full")
+        cluster.sql("ALTER ROLE cidx_full SET default_tablespace = small")
+        url = cluster.url.replace("postgres@", "cidx_full@") + "?schema=diskfull&pool_max=2"
+        try:
+            with open_persistence(url) as store:
+                acknowledged: list[str] = []
+                # Random hex does not compress: each job costs its own ~16 KB of TOAST pages.
+                with pytest.raises(StorageFullError, match="space") as raised:
+                    for n in range(1000):
+                        metadata = {"blob": os.urandom(8192).hex()}
+                        store.save_job(
+                            SyncJob(id=f"job-{n}", user_id="u", project_id="p", metadata=metadata)
+                        )
+                        acknowledged.append(f"job-{n}")
+                assert 0 < len(acknowledged) < 1000, "the disk was to fill midway"
+                assert "No space left on device" in str(raised.value.__cause__ or raised.value)
+                failed = f"job-{len(acknowledged)}"
+                assert store.load_job(failed) is None, "the failed write stored nothing"
+                for job_id in acknowledged:
+                    assert store.load_job(job_id) is not None, job_id
+                subprocess.run(
+                    ["mount", "-o", "remount,size=16m", str(small)], check=True, capture_output=True
+                )
+                assert store.save_job(SyncJob(id=failed, user_id="u", project_id="p"))
+                assert store.count_jobs() == len(acknowledged) + 1
+        finally:
+            # The tablespace must be empty before it can go, and gone before the unmount.
+            cluster.sql("DROP SCHEMA IF EXISTS diskfull CASCADE")
+            cluster.sql("DROP TABLESPACE IF EXISTS small")

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from cidx_jobs import ACTIVE_STATUSES, Checkpoint, JobFilter, JobStatus, SyncJob
-from cidx_jobs.backend import BackendConfig, StatusChange, Storage, StorageInfo
+from cidx_jobs.backend import BackendConfig, HealthCheck, StatusChange, Storage, StorageInfo
 from cidx_jobs.errors import (
     CidxJobsError,
     DuplicateJobError,
@@ -22,7 +22,7 @@ from cidx_jobs.errors import (
     UnsupportedOperationError,
 )
 
-from . import _codec
+from . import _codec, _health
 from ._errors import translate
 from ._options import PostgresOptions
 from ._runner import ALL, NONE, ONE, ROWCOUNT, Execute, PostgresFaultInjector, Runner
@@ -417,6 +417,15 @@ class PostgresStorage(Storage):
             if row is not None:
                 found.append(self._decode(row))
         return min(found, key=lambda job: (job.created_at, job.id), default=None)
+
+    def check_health(self, *, thorough: bool = False) -> list[HealthCheck]:
+        """The backend's read-only self-check for ``cidx-jobs doctor``: the schema's tables
+        and indexes, the server, connections, long transactions, lock waits, vacuum and
+        the settings; with ``thorough``, exact row counts and amcheck's ``bt_index_check``.
+
+        :raises StorageError: PostgreSQL failed.
+        """
+        return _health.check_health(self, thorough=thorough)
 
     def describe(self) -> StorageInfo:
         """The server, database and schema, the schema version and the settings in force.
