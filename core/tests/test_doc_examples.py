@@ -31,7 +31,7 @@ PAGES = (
     "writing-a-backend.md",
     "lifecycle.md",
     "sqlite.md",
-    "postgres.md",
+    "postgresql.md",
     "operations.md",
 )
 

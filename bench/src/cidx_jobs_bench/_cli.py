@@ -51,7 +51,8 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m cidx_jobs_bench",
         description=(
             "Benchmark cidx-jobs: the SQLite and memory backends against raw sqlite3 running "
-            "the same SQL (the floor), and against peer job stores. Prints markdown tables "
+            "the same SQL (the floor), the PostgreSQL backend against raw psycopg running "
+            "its SQL, and against peer job stores. Prints markdown tables "
             "on stdout (progress on stderr) and never asserts a time."
         ),
     )
@@ -122,7 +123,21 @@ def parser() -> argparse.ArgumentParser:
         "throwaway schema and drops it",
     )
     p.add_argument(
-        "--no-postgres", action="store_true", help="measure the async section on SQLite only"
+        "--no-postgres",
+        action="store_true",
+        help="measure the async section on SQLite only, and skip the postgres section",
+    )
+    p.add_argument(
+        "--postgres-jobs",
+        type=_size,
+        help="jobs in the postgres section's throwaway schema, where its filtered page is "
+        "measured (default 1M, quick 100k)",
+    )
+    p.add_argument(
+        "--postgres-ops",
+        type=_size,
+        help="timed calls per single-row operation and contender in the postgres section "
+        "(default 2000, quick 200)",
     )
     p.add_argument(
         "--cache-dir",
@@ -158,16 +173,20 @@ def settings_from(args: argparse.Namespace, work_dir: Path) -> Settings:
         "async_rate",
         "lag_duration",
         "postgres_url",
+        "postgres_jobs",
+        "postgres_ops",
     ):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
-    if args.no_postgres:
-        changes["postgres"] = False
     sections = tuple(args.only) if args.only else SECTIONS
     skip = set(args.skip)
+    if args.no_postgres:
+        changes["postgres"] = False
+        skip.add("postgres")
     if args.no_peers:
         skip.add("peers")
+        changes["postgres_peer"] = False
     changes["sections"] = tuple(s for s in SECTIONS if s in sections and s not in skip)
     return dataclasses.replace(base, **changes)
 
@@ -223,6 +242,8 @@ def meta(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
                 "SQLAlchemy",
                 "cidx-jobs-postgres",
                 "psycopg",
+                "psycopg-pool",
+                "procrastinate",
                 "fastapi",
                 "uvicorn",
             )
@@ -250,6 +271,7 @@ def _runners() -> dict[str, Callable[[Settings, Report], None]]:
         _indexes,
         _ops,
         _peers,
+        _postgres,
         _query,
         _size,
     )
@@ -265,6 +287,7 @@ def _runners() -> dict[str, Callable[[Settings, Report], None]]:
         "concurrency": _concurrency.run,
         "async": _async_api.run,
         "peers": _peers.run,
+        "postgres": _postgres.run,
     }
 
 

@@ -77,7 +77,7 @@ class Section:
 
 @dataclass
 class Target:
-    """One target of issue 5, 12 or 14 and whether this run met it (``None``: not measured)."""
+    """One target of issue 5, 11, 12 or 14 and whether this run met it (``None``: not measured)."""
 
     name: str
     goal: str
@@ -110,7 +110,11 @@ class Report:
         """The whole report as markdown."""
         parts = [section.markdown() for section in self.sections]
         if self.targets:
-            lines = ["### Targets (issues 5, 12 and 14)", "", "| target | goal | measured | met |"]
+            lines = [
+                "### Targets (issues 5, 11, 12 and 14)",
+                "",
+                "| target | goal | measured | met |",
+            ]
             lines.append("| --- | --- | --- | --- |")
             for target in self.targets:
                 met = NA if target.met is None else ("yes" if target.met else "**no**")

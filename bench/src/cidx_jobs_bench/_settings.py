@@ -20,6 +20,7 @@ SECTIONS = (
     "concurrency",
     "async",
     "peers",
+    "postgres",
 )
 
 
@@ -65,6 +66,11 @@ class Settings:
     :ivar postgres_url: the PostgreSQL configuration the async section uses (None:
         ``$CIDX_JOBS_POSTGRES_URL``, else the local test server); it works in a throwaway
         schema and drops it.
+    :ivar postgres_jobs: jobs in the postgres section's throwaway schema (the filtered
+        page is measured on them, and every other part of that section works among them).
+    :ivar postgres_ops: timed calls per single-row operation and contender in the postgres
+        section.
+    :ivar postgres_peer: also measure procrastinate in the postgres section (when installed).
     :ivar sections: which sections to run.
     :ivar cache_dir: where built databases are kept between runs.
     :ivar work_dir: where the run's scratch databases go (removed afterwards).
@@ -104,6 +110,9 @@ class Settings:
     lag_duration: float = 3.0
     postgres: bool = True
     postgres_url: str | None = None
+    postgres_jobs: int = 1_000_000
+    postgres_ops: int = 2000
+    postgres_peer: bool = True
 
     def log(self, message: str) -> None:
         """Progress for the person waiting, on stderr (stdout carries the table)."""
@@ -155,6 +164,8 @@ def defaults(*, quick: bool, cache_dir: Path, work_dir: Path) -> Settings:
             index_max_reps=60,
             async_ops=300,
             lag_duration=1.5,
+            postgres_jobs=100_000,
+            postgres_ops=200,
             sections=SECTIONS,
             cache_dir=cache_dir,
             work_dir=work_dir,

@@ -1,5 +1,5 @@
-"""Issue 5's, 12's and 14's targets, checked against what a run measured (reported, never
-asserted)."""
+"""Issue 5's, 11's, 12's and 14's targets, checked against what a run measured (reported,
+never asserted)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ SIZE_BUDGET = 1.3
 ASYNC_OVERHEAD_US = 100.0
 #: Issue 12: the event loop's p99 lag with the async API under load, ms.
 ASYNC_LAG_MS = 5.0
+#: Issue 11: each single-row operation of the PostgreSQL backend within this of its floor.
+POSTGRES_RATIO_BUDGET = 1.3
 
 
 def _rows(report: Report, key: str) -> list[dict[str, Any]]:
@@ -121,6 +123,49 @@ def evaluate(report: Report) -> list[Target]:
             )
         )
     targets.extend(_async_targets(report))
+    targets.extend(_postgres_targets(report))
+    return targets
+
+
+def _postgres_targets(report: Report) -> list[Target]:
+    """Issue 11: single-row operations within 1.3x of raw psycopg; the other figures are
+    reported without a goal."""
+    targets: list[Target] = []
+    for row in _rows(report, "pg-ops"):
+        if row.get("contender") != "postgresql" or row.get("ratio_to_floor") is None:
+            continue
+        ratio = row["ratio_to_floor"]
+        targets.append(
+            Target(
+                f"PostgreSQL {row['operation']} vs floor",
+                f"≤ {POSTGRES_RATIO_BUDGET}x",
+                f"{ratio:.2f}x ({row['median_us']:.0f} µs; CPU {row['cpu_ratio_to_floor']:.2f}x)"
+                if row.get("cpu_ratio_to_floor") is not None
+                else f"{ratio:.2f}x ({row['median_us']:.0f} µs)",
+                ratio <= POSTGRES_RATIO_BUDGET,
+            )
+        )
+    for row in _rows(report, "pg-query"):
+        if row.get("contender") == "postgresql":
+            targets.append(
+                Target(
+                    f"PostgreSQL query 100 on {row['jobs']:,} jobs",
+                    "reported (issue 11)",
+                    f"{row['median_us'] / 1000:.2f} ms, {row['ratio_to_floor']:.2f}x floor, "
+                    f"{row['ratio_to_decoded_floor']:.2f}x decoded floor",
+                    None,
+                )
+            )
+    for row in _rows(report, "pg-cleanup"):
+        if row.get("contender") == "postgresql":
+            targets.append(
+                Target(
+                    "PostgreSQL cleanup of 1,000 vs floor",
+                    "reported (issue 11)",
+                    f"{row['ratio_to_floor']:.2f}x ({row['median_ms']:.1f} ms)",
+                    None,
+                )
+            )
     return targets
 
 

@@ -88,8 +88,9 @@ class AsyncJobPersistence:
     loop never waits on a lock, an fsync or a round trip, and a burst of
     requests queues for the store's threads instead of asyncio's shared default
     executor. Reads (``load_*``, ``query_*``, ``count_jobs``, ``list_checkpoints``,
-    ``resume_point``) run on their own half of the threads, so writes queued
-    behind a lock (SQLite's one writer) never keep a status poll waiting. Open one with :func:`open_async_persistence`::
+    ``resume_point``) run on their own quarter of the threads, so writes queued
+    behind a lock (SQLite's one writer) never keep a status poll waiting. Open
+    one with :func:`open_async_persistence`::
 
         async with open_async_persistence("sqlite:///var/lib/cidx/jobs.db") as store:
             await store.save_job(job)
