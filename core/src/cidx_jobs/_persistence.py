@@ -37,6 +37,7 @@ from .errors import (
     LeaseLostError,
     PluginError,
     StorageError,
+    StorageOutcomeUnknownError,
     UnsupportedOperationError,
     ValidationError,
 )
@@ -401,10 +402,17 @@ class JobPersistence:
         :class:`~cidx_jobs.errors.LeaseLostError`. Keep the lease alive with
         :meth:`heartbeat`. Fires ``cidx_jobs_status_changed``.
 
+        A claim whose connection was lost after it was sent (where a write's
+        outcome is unknown) is resolved here: a fenced write that changes
+        nothing tells whether this claim's lease was stored, and if it was not,
+        the claim is made once more.
+
         :param expected: the statuses a job may be claimed from; default pending,
             queued and interrupted. Name running to take a running job from its
             current holder, whose lease is then lost.
         :raises ValidationError: an argument is invalid.
+        :raises StorageOutcomeUnknownError: the connection was lost after the
+            claim was sent, and the check that would tell failed too.
         """
         job_id = v.check_id(job_id, "job_id")
         statuses = _expected(expected)
@@ -418,10 +426,40 @@ class JobPersistence:
             owner=self.owner_id,
             lease=token,
         )
-        if not self._storage.set_status(job_id, change):
+        try:
+            claimed = self._storage.set_status(job_id, change)
+        except StorageOutcomeUnknownError:
+            if self._local.pending is not None:
+                raise  # inside a block the block's commit decides; nothing to find out here
+            claimed = self._claim_outcome(job_id, change, token)
+        if not claimed:
             return None
         self._emit(self._hooks.status_changed, job_id, JobStatus.RUNNING, None, now)
         return Lease(job_id=job_id, owner_id=self.owner_id, token=token, claimed_at=now)
+
+    def _claim_outcome(self, job_id: str, change: StatusChange, token: str) -> bool:
+        # The connection died after the claim was sent: whether it was stored, a fenced write
+        # that changes nothing tells (it applies only while the job runs under this token).
+        # Not stored: nothing of it can apply later, so the claim is made once more.
+        try:
+            job = self._storage.get_job(job_id)
+            stored = (
+                job is not None
+                and job.status is JobStatus.RUNNING
+                and job.owner_id == self.owner_id
+                and self._storage.set_progress(job_id, job.progress, job.phase, fence=token)
+            )
+        except StorageError as error:
+            raise StorageOutcomeUnknownError(
+                f"the claim of job {job_id!r} may or may not be stored: the connection was "
+                f"lost as it was sent, and checking failed too ({error}). Read the job: "
+                "running under this store's owner id means claimed (claim it again with "
+                "expected='running' to get a lease), otherwise claim it again"
+            ) from error
+        if stored:
+            logger.info("the claim of job %s was stored although its connection was lost", job_id)
+            return True
+        return self._storage.set_status(job_id, change)
 
     def release_job(self, lease: Lease) -> None:
         """Give a claimed job up without finishing it, so that the next recovery of any store
