@@ -4,6 +4,7 @@ never blocks, atomic blocks, and defined cancellation and closing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import gc
 import inspect
@@ -354,31 +355,55 @@ def test_a_claim_cancelled_after_it_was_stored_releases_its_job(tmp_path: Path) 
         assert [point.job.id for point in report.interrupted] == ["j1"]
 
 
-class _CancelsItsCaller(JobPersistence):
-    """Cancels the claiming task in the loop iteration that delivers the lease: the future is
-    done, so only the task learns of the cancel (a timeout landing just then does this)."""
+def test_a_claim_cancelled_just_after_its_lease_arrived_releases_its_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The task is cancelled in the loop iteration that delivers the lease (a timeout landing
+    just then): the future is done, so only the task learns of the cancel, and it must give
+    the lease back."""
+    from cidx_jobs import _async
 
-    __slots__ = ("loop", "task")
+    deliver = _async._settle
+    claiming: list[asyncio.Task[object]] = []
 
-    def claim_job(self, job_id, *, expected=None):  # type: ignore[no-untyped-def]
-        lease = super().claim_job(job_id, expected=expected)
-        self.loop.call_soon_threadsafe(lambda: self.loop.call_soon(self.task.cancel))
-        return lease
+    def deliver_then_cancel(future, result, error, receipt):  # type: ignore[no-untyped-def]
+        deliver(future, result, error, receipt)
+        if receipt is not None:
+            claiming[0].cancel()  # the future is done: only the task is cancelled
 
+    monkeypatch.setattr(_async, "_settle", deliver_then_cancel)
 
-def test_a_claim_cancelled_just_after_its_lease_arrived_releases_its_job() -> None:
     async def scenario() -> None:
-        sync = _CancelsItsCaller(MemoryStorage())
+        sync = JobPersistence(MemoryStorage())
         sync.save_job(job())
         async with AsyncJobPersistence(sync) as store:
-            sync.loop = asyncio.get_running_loop()
-            sync.task = asyncio.create_task(store.claim_job("j1"))
+            claiming.append(asyncio.create_task(store.claim_job("j1")))
             with pytest.raises(asyncio.CancelledError):
-                await sync.task
+                await claiming[0]
             await wait_for_status(store, "j1", JobStatus.INTERRUPTED)
             stored = await store.load_job("j1")
             assert stored is not None
             assert stored.owner_id == f"{store.owner_id}:released"
+
+    asyncio.run(scenario())
+
+
+def test_a_claim_never_holds_a_write_thread_while_it_waits_for_its_task() -> None:
+    """One write thread: a claim, then a block. The loop does not run until the block has run
+    (it waits for it, synchronously): the claim's thread must be free for the block at once,
+    not wait for the claim's task to take the lease."""
+    ran = threading.Event()
+
+    async def scenario() -> None:
+        sync = JobPersistence(MemoryStorage())
+        sync.save_job(job())
+        async with AsyncJobPersistence(sync, max_workers=1) as store:
+            claim = asyncio.create_task(store.claim_job("j1"))
+            block = asyncio.create_task(store.run_in_transaction(lambda _store: ran.set()))
+            await asyncio.sleep(0)  # both are queued now
+            assert ran.wait(5), "the block waited for the claim's task"  # the loop is stopped
+            assert await claim is not None
+            await block
 
     asyncio.run(scenario())
 
@@ -403,7 +428,10 @@ def test_closing_at_once_after_a_cancelled_claim_still_releases_its_job(tmp_path
         await asyncio.sleep(0.05)
         blocker.execute("COMMIT")
         blocker.close()
+        started = time.monotonic()
         await closing
+        # No timer decides: the release is queued as soon as the claim's outcome comes.
+        assert time.monotonic() - started < 5
 
     asyncio.run(scenario())
     with open_persistence(url) as sibling:
@@ -415,8 +443,18 @@ def test_a_store_dropped_without_closing_leaves_no_thread_behind() -> None:
     baseline = threading.active_count()
 
     async def scenario() -> None:
-        for _ in range(20):
-            AsyncJobPersistence(JobPersistence(MemoryStorage()), max_workers=4)
+        for n in range(20):
+            store = AsyncJobPersistence(JobPersistence(MemoryStorage()), max_workers=4)
+            await store.save_job(job())
+            await store.load_job("j1")
+            with pytest.raises(DuplicateJobError):
+                await store.save_job(job())
+            claiming = asyncio.create_task(store.claim_job("j1"))
+            if n % 2:
+                claiming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claiming
+        del store, claiming
 
     asyncio.run(scenario())
     gc.collect()

@@ -317,7 +317,6 @@ class AsyncJobPersistence:
         *,
         lane: _Lane | None = None,
         receipt: _Receipt | None = None,
-        orphan: Callable[[Any], None] | None = None,
     ) -> asyncio.Future[T]:
         lane = lane if lane is not None else self._writers
         if self._closed or lane is None:
@@ -330,7 +329,7 @@ class AsyncJobPersistence:
         future: asyncio.Future[T] = loop.create_future()
         # The caller's context variables (a request id in the log records) follow the call.
         run = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-        lane.submit(loop, future, run, receipt, orphan)
+        lane.submit(loop, future, run, receipt)
         return future
 
     async def run_in_transaction(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -344,7 +343,9 @@ class AsyncJobPersistence:
         commit. The block holds a connection (on SQLite, the write lock) until
         it returns, so keep it short and never wait in it for the event loop.
         A task cancelled while it waits for the block does not interrupt it: the
-        block runs to its commit or rollback on its thread.
+        block runs to its commit or rollback on its thread, and what the block
+        returns is dropped (a lease it claimed too: claim with :meth:`claim_job`,
+        which releases a lease no task took).
 
         :raises ValidationError: ``fn`` is not callable, is a coroutine function,
             or returned an awaitable (the block is rolled back).
@@ -418,20 +419,19 @@ class AsyncJobPersistence:
         the next recovery (of any store) resumes it.
         """
         sync = self.sync
-        receipt = _Receipt()
-        future = self._submit(
-            sync.claim_job,
-            (job_id,),
-            {"expected": expected},
-            receipt=receipt,
-            orphan=functools.partial(_release_orphan, sync),
-        )
+        receipt = _Receipt(functools.partial(_release_orphan, sync))
+        future = self._submit(sync.claim_job, (job_id,), {"expected": expected}, receipt=receipt)
         try:
             lease = await future
-        except BaseException:  # cancelled, also just after the lease arrived, or failed
-            receipt.answer(False)
+        except BaseException:
+            if future.done() and not future.cancelled():
+                # The outcome came, and this task will not take it (cancelled just then).
+                receipt.refused(future.result() if future.exception() is None else None)
+            else:
+                # The lane (never ran) or the loop (when the outcome comes) settles it.
+                future.cancel()
             raise
-        receipt.answer(True)
+        receipt.taken()
         return lease
 
     async def query_jobs(self, filter: JobFilter | None = None) -> list[SyncJob]:
@@ -499,40 +499,57 @@ class AsyncJobPersistence:
         return await self._call(JobPersistence.hand_over_jobs)
 
 
-#: How long a claim's thread waits for its task to say whether it took the lease; past it the
-#: loop is taken for stopped and the job is released (a task that takes the lease later
-#: still cannot write: its first fenced write raises LeaseLostError).
-_RECEIPT_TIMEOUT = 10.0
+#: How long closing waits for the claims whose tasks have not yet taken or refused their lease
+#: (their loop still has to run them); a claim still open after it keeps its job, running
+#: under this store, for hand_over_jobs() or recovery elsewhere.
+_CLOSE_WAIT = 10.0
 
 
 class _Receipt:
-    """Whether the task that made a call took its result. The call's thread waits for the
-    answer before it takes another call, so a result that must not be dropped (a claim's
-    lease) is released there, before the store can close, when no task took it."""
+    """A claim's lease between the claim's thread and its task: taken by the task, or, on
+    evidence that no task will take it (the task was cancelled, or its loop closed),
+    released. A lane's closing waits for its open receipts, so a release is never lost to it.
+    """
 
-    __slots__ = ("_answered", "taken")
+    __slots__ = ("_lane", "_open", "_orphan")
 
-    def __init__(self) -> None:
-        self._answered = threading.Event()
-        self.taken = False
+    def __init__(self, orphan: Callable[[Any], None]) -> None:
+        self._orphan = orphan
+        self._lane: _Lane | None = None
+        self._open = True
 
-    def answer(self, taken: bool) -> None:
-        """Record the first answer; later ones change nothing."""
-        if not self._answered.is_set():
-            self.taken = taken
-            self._answered.set()
+    def taken(self) -> None:
+        """The task received the lease."""
+        self._close()
 
-    def taken_within(self, timeout: float) -> bool:
-        """Wait for the answer: ``True`` if the task took the result in time."""
-        return self._answered.wait(timeout) and self.taken
+    def refused(self, result: Any) -> None:
+        """No task will take ``result``: release it on the lane (from the loop)."""
+        lane = self._lane
+        if result is None or lane is None:
+            self._close()
+        elif self._open:
+            lane._queue_release(self, functools.partial(self._orphan, result))
+
+    def release_here(self, result: Any) -> None:
+        """No task will take ``result``, and this is a lane thread: release it now."""
+        try:
+            if result is not None and self._open:
+                self._orphan(result)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._open:
+            self._open = False
+            if self._lane is not None:
+                self._lane._receipt_closed()
 
 
 _Item = tuple[
-    asyncio.AbstractEventLoop,
-    "asyncio.Future[Any]",
+    "asyncio.AbstractEventLoop | None",
+    "asyncio.Future[Any] | None",
     Callable[[], Any],
     "_Receipt | None",
-    "Callable[[Any], None] | None",
 ]
 
 
@@ -547,16 +564,16 @@ class _Lane:
 
     A call whose future is cancelled before a thread takes it never runs (as far as a thread
     can tell: the future is the loop's, read here without a lock); one that ran delivers its
-    outcome. A call with a receipt (a claim) waits for its task's answer, and when no task
-    took its result, the thread passes it to the call's ``orphan`` function.
+    outcome. A claim's lease goes with a :class:`_Receipt`, and the thread never waits for it.
     """
 
-    __slots__ = ("__weakref__", "_closed", "_lock", "_queue", "_threads")
+    __slots__ = ("__weakref__", "_changed", "_closed", "_queue", "_receipts", "_threads")
 
     def __init__(self, workers: int, name: str) -> None:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._closed = False
+        self._receipts = 0
         # Daemons, as nothing else would stop them at exit for a store never closed; a call
         # cut off there is one whose caller's loop is gone, so no caller was told it was done.
         self._threads = [
@@ -573,22 +590,42 @@ class _Lane:
         future: asyncio.Future[Any],
         fn: Callable[[], Any],
         receipt: _Receipt | None = None,
-        orphan: Callable[[Any], None] | None = None,
     ) -> None:
         """Queue ``fn``; its outcome goes to ``future``, on ``loop``.
 
         :raises StorageUnavailableError: the lane was shut down.
         """
-        with self._lock:  # so that nothing is queued behind the threads' stop marks
+        with self._changed:  # so that nothing is queued behind the threads' stop marks
             if self._closed:
                 raise StorageUnavailableError("the async job store is closed; open a new one")
-            self._queue.put((loop, future, fn, receipt, orphan))
+            if receipt is not None:
+                receipt._lane = self
+                self._receipts += 1
+            self._queue.put((loop, future, fn, receipt))
+
+    def _queue_release(self, receipt: _Receipt, release: Callable[[], None]) -> None:
+        # Still counted as open, so shutdown() has not queued the stop marks yet.
+        with self._changed:
+            self._queue.put((None, None, release, receipt))
+
+    def _receipt_closed(self) -> None:
+        with self._changed:
+            self._receipts -= 1
+            self._changed.notify_all()
 
     def shutdown(self) -> None:
-        """Run what is queued, then stop the threads and wait for them."""
-        with self._lock:
+        """Run what is queued and the releases of the claims no task took, then stop the
+        threads and wait for them."""
+        with self._changed:
             if not self._closed:
                 self._closed = True
+                if not self._changed.wait_for(lambda: self._receipts == 0, _CLOSE_WAIT):
+                    logger.warning(
+                        "closing the async job store while %d claim(s) wait for their task, "
+                        "whose loop does not run; their jobs stay running under this store "
+                        "until it hands them over or recovery elsewhere takes them",
+                        self._receipts,
+                    )
                 _stop(self._queue, len(self._threads))
         for thread in self._threads:
             if thread is not threading.current_thread():
@@ -610,13 +647,21 @@ def _work(tasks: queue.SimpleQueue[_Item | None]) -> None:
 
 
 def _run(
-    loop: asyncio.AbstractEventLoop,
-    future: asyncio.Future[Any],
+    loop: asyncio.AbstractEventLoop | None,
+    future: asyncio.Future[Any] | None,
     fn: Callable[[], Any],
     receipt: _Receipt | None,
-    orphan: Callable[[Any], None] | None,
 ) -> None:
+    if future is None or loop is None:  # the release of a claim no task took
+        try:
+            fn()
+        finally:
+            if receipt is not None:
+                receipt._close()
+        return
     if future.cancelled():
+        if receipt is not None:
+            receipt.refused(None)  # never ran: nothing to release
         return
     result: Any = None
     error: BaseException | None = None
@@ -628,11 +673,7 @@ def _run(
         loop.call_soon_threadsafe(_settle, future, result, error, receipt)
     except RuntimeError:  # the loop is closed: no task can take the outcome
         if receipt is not None:
-            receipt.answer(False)
-    if receipt is None or orphan is None or error is not None or result is None:
-        return
-    if not receipt.taken_within(_RECEIPT_TIMEOUT):
-        orphan(result)
+            receipt.release_here(result if error is None else None)
 
 
 def _settle(
@@ -641,9 +682,9 @@ def _settle(
     error: BaseException | None,
     receipt: _Receipt | None,
 ) -> None:
-    if future.cancelled():
+    if future.cancelled():  # the task stopped waiting before the outcome came
         if receipt is not None:
-            receipt.answer(False)
+            receipt.refused(result if error is None else None)
         return
     if error is None:
         future.set_result(result)
@@ -664,22 +705,22 @@ def _release_orphan(store: JobPersistence, lease: Lease | None) -> None:
         store.release_job(lease)
     except LeaseLostError:
         logger.info(
-            "the task claiming job %s was cancelled; the job was cancelled or taken over "
-            "meanwhile, so there was nothing to release",
+            "no task took the lease of the claim of job %s, and the job was cancelled or "
+            "taken over meanwhile: nothing to release",
             lease.job_id,
         )
     except Exception:
         # Not lost: the job stays running under this store until hand_over_jobs() or, once
         # the store is gone, the next recovery elsewhere.
         logger.exception(
-            "a cancelled claim of job %s took its lease, and giving it up failed; the job "
-            "stays running under this store until it hands its jobs over",
+            "no task took the lease of the claim of job %s, and giving the job up failed; "
+            "it stays running under this store until it hands its jobs over",
             lease.job_id,
         )
     else:
         logger.warning(
-            "the task claiming job %s was cancelled after the claim was stored; the job was "
-            "released for the next recovery to resume",
+            "no task took the lease of the claim of job %s (its task was cancelled, or its "
+            "loop closed); the job was released for the next recovery to resume",
             lease.job_id,
         )
 
