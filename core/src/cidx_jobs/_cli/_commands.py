@@ -85,7 +85,16 @@ def _open_failure(error: CidxJobsError) -> CommandError | None:
 
 
 def _open(args: argparse.Namespace, out: Output, *, writes: bool) -> JobPersistence:
-    url = configured_url(args.url)
+    return open_url(configured_url(args.url), out, writes=writes)
+
+
+def open_url(url: str, out: Output, *, writes: bool) -> JobPersistence:
+    """The store at ``url`` for a command, read-only unless ``writes``, never migrated; an
+    outdated schema is a warning (or, for a write, an error that says to migrate).
+
+    :raises CommandError: the store cannot be opened or its schema refuses the command.
+    :raises CidxJobsError: as :func:`open_store` raises it.
+    """
     try:
         store, _ = open_store(url, read_only=not writes)
     except CidxJobsError as error:

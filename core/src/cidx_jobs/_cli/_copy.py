@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import enum
 import hashlib
 import itertools
 import json
@@ -53,7 +54,7 @@ from cidx_jobs.errors import (
 )
 
 from ._output import Output
-from ._store import CommandError, backend_name, check_schema, open_store
+from ._store import CommandError, backend_name
 
 #: Jobs per batch (and per page read) unless ``--batch-size`` says otherwise.
 DEFAULT_BATCH = 500
@@ -161,43 +162,23 @@ def _encode(value: list[Any]) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-#: The job's fields in :func:`job_record`'s order, for naming differences.
-_JOB_FIELDS = (
-    "id",
-    "user_id",
-    "project_id",
-    "status",
-    "progress",
-    "phase",
-    "created_at",
-    "started_at",
-    "completed_at",
-    "error_message",
-    "metadata",
-    "owner_id",
-    "heartbeat_at",
-)
+#: The job's fields in :func:`job_record`'s order (every field of SyncJob, the lease's too:
+#: SyncJob's equality ignores owner_id and heartbeat_at), for naming differences.
+_JOB_FIELDS = tuple(field.name for field in attrs.fields(SyncJob))
+
+
+def _plain(value: Any) -> Any:
+    # Metadata stays the dict itself, whose key order json.dumps keeps, so a backend that
+    # reordered keys (as jsonb does) would show.
+    if isinstance(value, datetime):
+        return _micros(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
 
 
 def _job_values(job: SyncJob) -> list[Any]:
-    # Every field, the lease's too (SyncJob's equality ignores owner_id and heartbeat_at);
-    # metadata as the dict itself, whose key order json.dumps keeps, so a backend that
-    # reordered keys (as jsonb does) would show.
-    return [
-        job.id,
-        job.user_id,
-        job.project_id,
-        job.status.value,
-        job.progress,
-        job.phase,
-        _micros(job.created_at),
-        _micros(job.started_at),
-        _micros(job.completed_at),
-        job.error_message,
-        job.metadata,
-        job.owner_id,
-        _micros(job.heartbeat_at),
-    ]
+    return [_plain(getattr(job, name)) for name in _JOB_FIELDS]
 
 
 def _checkpoint_values(checkpoint: Checkpoint) -> list[Any]:
@@ -653,24 +634,9 @@ def _location(store: JobPersistence, url: str) -> str:
 
 
 def _opened(url: str, *, writes: bool, out: Output) -> JobPersistence:
-    from ._commands import OUTDATED, _open_failure
+    from ._commands import open_url
 
-    try:
-        store, _ = open_store(url, read_only=not writes)
-    except CidxJobsError as error:
-        clearer = _open_failure(error)
-        if clearer is None:
-            raise
-        raise clearer from None
-    try:
-        warning = check_schema(store, writes=writes)
-    except BaseException:
-        store.close()
-        raise
-    if warning is not None:
-        out.warn(warning)
-        OUTDATED.append(warning)
-    return store
+    return open_url(url, out, writes=writes)
 
 
 def cmd_copy(args: argparse.Namespace, out: Output) -> int:
