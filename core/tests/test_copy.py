@@ -23,9 +23,18 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import attrs
 import pytest
 
-from cidx_jobs import Checkpoint, JobPersistence, JobStatus, SyncJob, open_persistence, utcnow
+from cidx_jobs import (
+    Checkpoint,
+    JobFilter,
+    JobPersistence,
+    JobStatus,
+    SyncJob,
+    open_persistence,
+    utcnow,
+)
 from cidx_jobs._cli._copy import (
     CopyConflictError,
     CopyVerificationError,
@@ -35,6 +44,7 @@ from cidx_jobs._cli._copy import (
 )
 from cidx_jobs._cli._store import CommandError
 from cidx_jobs._validate import encode_json_object
+from cidx_jobs_memory import MemoryStorage
 
 from .cli_helpers import cli, cli_env, json_lines, one_line_error, sqlite_url
 
@@ -236,12 +246,65 @@ def test_a_non_empty_target_is_refused_and_left_alone(tmp_path: Path) -> None:
     assert "already holds 1 job" in line
     assert "--resume" in line
     assert count_rows(tmp_path / "b.db", "sync_jobs") == 1
-    # --resume does not make it a merge: the target's own job fails the verification.
+    # --resume does not make it a merge: a target that is not a copy of the source is
+    # refused before anything is written to it.
     result = cli("copy", source_url, target_url, "--resume")
     assert result.returncode == 1
     line = one_line_error(result)
-    assert "verification failed" in line
-    assert "'other-00000' is in the target but not in the source" in line
+    assert "'other-00000'" in line
+    assert "only the target holds it" in line
+    assert count_rows(tmp_path / "b.db", "sync_jobs") == 1
+
+
+def test_resume_refuses_a_target_only_job_met_midway_and_writes_no_more() -> None:
+    """The target's newest job is the source's, so it looks like an interrupted copy, but an
+    older job of its own shows it is not one: the walk stops there, with a conflict."""
+    with open_persistence("memory://") as source, open_persistence("memory://") as target:
+        fill(source, 40)
+        newest = source.query_jobs(JobFilter(limit=1))[0]
+        target.storage.insert_job(newest, encode_json_object(newest.metadata, "metadata")[1])
+        stray = attrs.evolve(newest, id="stray", created_at=newest.created_at - timedelta(days=30))
+        target.storage.insert_job(stray, "{}")
+        with pytest.raises(CopyConflictError) as caught:
+            copy_store(source, target, resume=True, batch_size=100)
+        assert caught.value.job_id == "stray"
+        assert target.count_jobs() == 2, "nothing more was written"
+
+
+def test_verification_counts_every_job_whatever_the_pages_hold() -> None:
+    """A storage may return fewer jobs than a page asks for: the walk goes on to an empty
+    page, so every job is copied and verified."""
+
+    class ShortPages(MemoryStorage):
+        def select_jobs(self, filter, after, limit):  # type: ignore[no-untyped-def]
+            return super().select_jobs(filter, after, min(limit, 7))
+
+    with (
+        JobPersistence(ShortPages()) as source,
+        open_persistence("memory://") as target,
+    ):
+        fill(source, 30)
+        report = copy_store(source, target, batch_size=20)
+        assert report.copied_jobs == 30
+        assert report.target.jobs == 30
+        assert target.count_jobs() == 30
+
+
+def test_a_second_spelling_of_the_same_file_is_the_same_store(tmp_path: Path) -> None:
+    source_url = sqlite_store(tmp_path / "a.db")
+    with open_persistence(source_url) as source:
+        fill(source, 3)
+    (tmp_path / "link.db").symlink_to(tmp_path / "a.db")
+    for other in (sqlite_store(tmp_path / "link.db"), sqlite_store(tmp_path / "x" / ".." / "a.db")):
+        result = cli("copy", source_url, other, "--resume")
+        assert result.returncode == 2, result.stderr
+        assert "the same store" in one_line_error(result)
+
+
+def test_a_target_that_keeps_nothing_is_refused(tmp_path: Path) -> None:
+    result = cli("copy", sqlite_store(tmp_path / "a.db"), "memory://")
+    assert result.returncode == 2
+    assert "keeps nothing" in one_line_error(result)
 
 
 def test_an_empty_target_is_required_in_process_too() -> None:

@@ -326,3 +326,33 @@ def test_a_full_disk_on_the_server_is_typed_keeps_what_was_acknowledged_and_reco
             # The tablespace must be empty before it can go, and gone before the unmount.
             cluster.sql("DROP SCHEMA IF EXISTS diskfull CASCADE")
             cluster.sql("DROP TABLESPACE IF EXISTS small")
+
+
+def test_a_read_only_error_inside_a_block_drops_that_session(cluster: Cluster) -> None:
+    url = f"{cluster.url}?schema=readonly_block&pool_min=1&pool_max=1&application_name=cidx-rob"
+
+    def session() -> set[int]:
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'cidx-rob'"
+            ).fetchall()
+        return {int(str(row[0])) for row in rows}
+
+    with open_persistence(url) as store:
+        store.save_job(job("job-1"))
+        before = session()
+        assert len(before) == 1
+        cluster.sql("ALTER SYSTEM SET default_transaction_read_only = on")
+        cluster.sql("SELECT pg_reload_conf()")
+        try:
+            time.sleep(0.5)
+            with pytest.raises(StorageUnavailableError, match="read-only"):
+                with store.transaction():
+                    store.save_job(job("job-2"))
+        finally:
+            cluster.sql("ALTER SYSTEM RESET default_transaction_read_only")
+            cluster.sql("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        with store.transaction():
+            assert store.save_job(job("job-2"))
+        assert session().isdisjoint(before), "the read-only session was dropped, as promised"

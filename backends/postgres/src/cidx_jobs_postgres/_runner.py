@@ -90,6 +90,8 @@ class _ThreadState(threading.local):
     pool: psycopg_pool.ConnectionPool[Any] | None = None
     #: Why the open block is doomed (a storage failure inside it), if it is.
     aborted: str | None = None
+    #: The driver's error that doomed it: it decides whether the session may be reused.
+    failure: psycopg.Error | None = None
 
 
 def _take_aborted(state: _ThreadState) -> str | None:
@@ -384,6 +386,7 @@ class Runner:
             # Any server error aborts a PostgreSQL transaction: the block cannot go on,
             # even if the caller catches the error.
             state.aborted = " ".join(str(error).split())[:200]
+            state.failure = error
             raise translate(error, self.where, doing) from error
 
     def _commit(
@@ -441,17 +444,21 @@ class Runner:
             if isinstance(error, psycopg.Error):
                 raise translate(error, self.where, "starting a transaction") from error
             raise
-        state.conn, state.pool, state.aborted = conn, pool, None
+        state.conn, state.pool, state.aborted, state.failure = conn, pool, None, None
         try:
             yield
         except BaseException as error:
-            state.conn = state.pool = state.aborted = None
-            self._release(pool, conn, None if isinstance(error, Exception) else error)
+            failure = state.failure
+            state.conn = state.pool = state.aborted = state.failure = None
+            # The driver's error that doomed the block, not the caller's exception, says
+            # whether the session may serve again (a read-only server's may not).
+            self._release(pool, conn, failure if isinstance(error, Exception) else error)
             raise
         aborted = _take_aborted(state)
+        failure, state.failure = state.failure, None
         state.conn = state.pool = None
         if aborted is not None:
-            self._release(pool, conn)
+            self._release(pool, conn, failure)
             raise StorageError(
                 f"{self.where}: the transaction was rolled back after a failure inside it "
                 f"({aborted}); nothing of it is stored"

@@ -29,6 +29,7 @@ import enum
 import hashlib
 import itertools
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +70,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 
 
+#: The difference reported for a job only the target holds.
+_NOT_IN_SOURCE = (
+    "only the target holds it: --resume finishes a copy into this target, it does not merge "
+    "two stores"
+)
+
+
 class CopyConflictError(CidxJobsError):
     """The target holds a job (or a checkpoint) with the id of one of the source's but other
     content: ``copy`` never overwrites it, so it stopped. The batches written before stay.
@@ -103,9 +111,8 @@ class CopyVerificationError(CidxJobsError):
             f"verification failed: the source holds {source.jobs} job(s) and "
             f"{source.checkpoints} checkpoint(s) (sha256 {source.checksum[:16]}), the target "
             f"{target.jobs} and {target.checkpoints} (sha256 {target.checksum[:16]}); first "
-            f"difference: {first_difference}. Stop every writer of both stores and run the "
-            "same copy again with --resume; if the target holds jobs the source does not, "
-            "copy into an empty target instead"
+            f"difference: {first_difference}. Something wrote to a store during the copy: "
+            "stop every writer of both stores, then copy again into an empty target"
         )
         self.source = source
         self.target = target
@@ -232,7 +239,8 @@ def _jobs(storage: Storage, page: int, who: str) -> Iterator[SyncJob]:
                 )
             after = key
             yield job
-        if len(jobs) < page:
+        # Only an empty page ends the walk: a storage may return fewer than asked for.
+        if not jobs:
             return
 
 
@@ -444,13 +452,26 @@ def _copy(
         advance(seen)
         seen = 0
 
+    if resume:
+        # A target that is an interrupted copy of this source holds its newest jobs; one
+        # whose newest job the source lacks is another store: refuse it before writing.
+        newest = next(_jobs(dst, 1, "target"), None)
+        if newest is not None and src.get_job(newest.id) is None:
+            raise CopyConflictError(newest.id, [_NOT_IN_SOURCE])
     # Without --resume the target was empty: no need to read it while copying.
     theirs_in_order: Iterator[SyncJob] = _jobs(dst, batch_size, "target") if resume else iter(())
     found: dict[str, list[Checkpoint]] = {}
     mine_in_order = _prefetched(src, _jobs(src, batch_size, "source"), batch_size, mapper, found)
     for mine, theirs in _side_by_side(mine_in_order, theirs_in_order):
         if mine is None:
-            continue  # the target's own job: the verification reports it
+            # Not a copy of this source: --resume finishes a copy, it does not merge two
+            # stores. The batch in hand is not written.
+            assert theirs is not None  # _side_by_side yields one side at least
+            same_id = src.get_job(theirs.id)  # at another created_at, if at all
+            raise CopyConflictError(
+                theirs.id,
+                _differences(same_id, theirs) if same_id is not None else [_NOT_IN_SOURCE],
+            )
         seen += 1
         checkpoints = found.pop(mine.id)
         if theirs is None:
@@ -502,6 +523,16 @@ def verify(
             for side, mapper in zip(("source", "target"), mappers, strict=True)
         ]
         first = _compare(streams, found, sums, jobs, checkpoints, page, on_page)
+    for side in ("source", "target"):
+        counted = stores[side].count_jobs(JobFilter())
+        if counted != jobs[side]:
+            # The walk and the count disagree: the storage's paging lost jobs (or a writer
+            # was not stopped), and a checksum over what the walk saw proves nothing.
+            raise StorageError(
+                f"the {side} counts {counted} job(s) but listing them gave {jobs[side]}: "
+                "a writer was not stopped, or its backend's paging is broken; stop every "
+                "writer and copy again"
+            )
     summaries = tuple(
         Summary(jobs=jobs[side], checkpoints=checkpoints[side], checksum=sums[side].hexdigest())
         for side in ("source", "target")
@@ -626,6 +657,14 @@ def reader_threads(url: str, store: JobPersistence) -> int:
     return max(1, min(MAX_READERS, store.storage.max_concurrency() or MAX_READERS))
 
 
+def _same_file(first: str, second: str) -> bool:
+    # Two spellings of one file (a symlink, "..", a relative path) are one store.
+    try:
+        return os.path.samefile(first, second)
+    except (OSError, ValueError):
+        return False
+
+
 def _location(store: JobPersistence, url: str) -> str:
     try:
         return store.storage.describe().location
@@ -642,8 +681,9 @@ def _opened(url: str, *, writes: bool, out: Output) -> JobPersistence:
 def cmd_copy(args: argparse.Namespace, out: Output) -> int:
     """``cidx-jobs copy``: returns 0 when the copy is verified.
 
-    :raises CommandError: SOURCE_URL and TARGET_URL name the same store (status 2), or the
-        target holds jobs without ``--resume`` (status 1).
+    :raises CommandError: SOURCE_URL and TARGET_URL name the same store, or the target's
+        backend keeps nothing after the command (both status 2), or the target holds jobs
+        without ``--resume`` (status 1).
     :raises ConfigError: a URL is malformed or names no installed backend (before any I/O).
     :raises CopyConflictError: the target holds a job of the source's id with other content.
     :raises CopyVerificationError: the stores differ after the copy.
@@ -652,6 +692,13 @@ def cmd_copy(args: argparse.Namespace, out: Output) -> int:
     # Both URLs are checked before either store is opened: a typo in the second must not
     # cost a connection to the first.
     source_url, target_url = _url(args.source, "SOURCE_URL"), _url(args.target, "TARGET_URL")
+    backend = find_backend(target_url)[0]
+    if Capability.PERSISTENT not in backend.capabilities:
+        raise CommandError(
+            f"TARGET_URL names a {backend.name!r} store, which keeps nothing once this "
+            "command exits: copy into a store that persists (SQLite, PostgreSQL)",
+            status=2,
+        )
     if source_url == target_url:
         raise CommandError(
             "SOURCE_URL and TARGET_URL are the same store: name another target", status=2
@@ -660,7 +707,7 @@ def cmd_copy(args: argparse.Namespace, out: Output) -> int:
         source = stack.enter_context(_opened(source_url, writes=False, out=out))
         target = stack.enter_context(_opened(target_url, writes=True, out=out))
         where_from, where_to = _location(source, source_url), _location(target, target_url)
-        if where_from == where_to:
+        if where_from == where_to or _same_file(where_from, where_to):
             raise CommandError(
                 f"SOURCE_URL and TARGET_URL are the same store ({where_from}): name another target",
                 status=2,
